@@ -1,0 +1,1 @@
+"""mnist-mlp: DVC stages turning MNIST into a TensorFlow SavedModel (run as `python -m stages.<name>`)."""

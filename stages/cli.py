@@ -1,0 +1,51 @@
+"""What every entry point shares: one-line errors with distinct exit codes, and quiet TensorFlow logs."""
+import os
+import sys
+
+EXIT_FAILURE = 1  # a missing or damaged input, a failed check
+EXIT_USAGE = 2  # invalid params or arguments
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, without a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ParamsError(UserError):
+    exit_code = EXIT_USAGE
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ info logs; must run before `import tensorflow`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def import_tensorflow():
+    """Import TensorFlow with stderr muted: its native libraries print start-up notes (oneDNN, CUDA)
+    that ignore TF_CPP_MIN_LOG_LEVEL and would bury our one-line errors. Call after validating inputs."""
+    quiet_tensorflow()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+def run(main, argv=None) -> None:
+    """Call `main(argv)`; turn a UserError into `error: <message>` on stderr and its exit code."""
+    quiet_tensorflow()
+    try:
+        main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,96 @@
+"""The multilayer perceptron, TensorFlow Core style: one weight and one bias tf.Variable per layer."""
+import json
+from pathlib import Path
+
+import tensorflow as tf
+
+from stages.preprocessing import INPUT_SIZE, to_model_input
+
+NUM_CLASSES = 10
+ARCHITECTURE_FILE = "model.json"  # saved beside the checkpoint, so readers rebuild the same shapes
+
+
+def glorot_uniform(fan_in: int, fan_out: int, seed: tf.Tensor) -> tf.Tensor:
+    """Xavier/Glorot uniform: U(-l, l) with l = sqrt(6 / (fan_in + fan_out))."""
+    limit = (6.0 / (fan_in + fan_out)) ** 0.5
+    return tf.random.stateless_uniform([fan_in, fan_out], seed=seed, minval=-limit, maxval=limit)
+
+
+def dropout(x: tf.Tensor, rate: float, seed: tf.Tensor) -> tf.Tensor:
+    """Inverted dropout: zero each unit with probability `rate`, scale the rest by 1 / (1 - rate)."""
+    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= rate
+    return tf.where(keep, x / (1.0 - rate), 0.0)
+
+
+class MLP(tf.Module):
+    """784 -> hidden_units (ReLU) -> 10 logits. Softmax lives in the loss and in serving."""
+
+    def __init__(self, hidden_units: list[int], seed: int, name: str = "mlp"):
+        super().__init__(name=name)
+        self.hidden_units = list(hidden_units)
+        sizes = [INPUT_SIZE, *self.hidden_units, NUM_CLASSES]
+        self.weights, self.biases = [], []
+        for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            init = glorot_uniform(fan_in, fan_out, seed=tf.constant([seed, layer], tf.int64))
+            self.weights.append(tf.Variable(init, name=f"w{layer}"))
+            self.biases.append(tf.Variable(tf.zeros([fan_out]), name=f"b{layer}"))
+
+    def __call__(self, x, dropout_input=0.0, dropout_hidden=0.0, seed=None):
+        """Logits for float inputs [B, 784]. Dropout applies only when rates and a seed [2] are given."""
+        if seed is not None and dropout_input > 0:
+            x = dropout(x, dropout_input, tf.random.experimental.stateless_fold_in(seed, 0))
+        last = len(self.weights) - 1
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = tf.matmul(x, w) + b
+            if layer < last:
+                x = tf.nn.relu(x)
+                if seed is not None and dropout_hidden > 0:
+                    x = dropout(x, dropout_hidden, tf.random.experimental.stateless_fold_in(seed, layer + 1))
+        return x
+
+    @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE], tf.uint8)])
+    def logits_for_images(self, images):
+        """Inference logits for uint8 images [B, 784], through the shared preprocessing."""
+        return self(to_model_input(images))
+
+    def apply_max_norm(self, max_norm: float) -> None:
+        """Rescale every unit's incoming weights (a column of w) to an L2 norm of at most `max_norm`."""
+        for w in self.weights[:-1]:
+            norms = tf.norm(w, axis=0, keepdims=True)
+            w.assign(w * tf.minimum(1.0, max_norm / tf.maximum(norms, 1e-12)))
+
+    def architecture(self) -> dict:
+        return {"input_size": INPUT_SIZE, "hidden_units": self.hidden_units, "num_classes": NUM_CLASSES}
+
+
+def predict_logits(model: MLP, images, batch_size: int = 1000):
+    """Logits (numpy [N, 10]) for uint8 images [N, 784], computed in batches of `batch_size`."""
+    import numpy as np
+
+    parts = [model.logits_for_images(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros([0, NUM_CLASSES], np.float32)
+
+
+def save_architecture(model: MLP, folder: Path) -> None:
+    (Path(folder) / ARCHITECTURE_FILE).write_text(json.dumps(model.architecture()) + "\n")
+
+
+def restore(folder: str | Path) -> MLP:
+    """Rebuild the MLP described in `folder`/model.json and load its checkpoint's weights."""
+    from stages.cli import UserError
+
+    folder = Path(folder)
+    fix = "rerun `dvc repro train`"
+    try:
+        arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
+        model = MLP(arch["hidden_units"], seed=0)
+    except FileNotFoundError:
+        raise UserError(f"{folder / ARCHITECTURE_FILE}: not found; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{folder / ARCHITECTURE_FILE}: unreadable ({exc}); {fix}") from None
+    try:
+        tf.train.Checkpoint(model=model).read(str(folder / "ckpt")).assert_existing_objects_matched().expect_partial()
+    except (tf.errors.OpError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise UserError(f"{folder}: cannot restore the checkpoint ({reason}); {fix}") from None
+    return model

@@ -1,0 +1,83 @@
+"""Stage train: the raw-variable MLP, trained by a custom GradientTape loop; keeps the best epoch.
+
+    python -m stages.train --params params.yaml --data data/prepared \\
+        --checkpoint artifacts/checkpoint --live reports/train
+"""
+import argparse
+import sys
+
+from stages import atomic, cli, params
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  loss {r['loss']:.4f}  acc {r['accuracy']:.4f}  "
+        f"val_loss {r['val_loss']:.4f}  val_acc {r['val_accuracy']:.4f}  lr {r['learning_rate']:.2e}  {r['seconds']:.1f} s"
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/prepared", help="prepared TFRecords (prepare's output)")
+    parser.add_argument("--checkpoint", default="artifacts/checkpoint", help="where the best epoch is saved")
+    parser.add_argument("--live", default="reports/train", help="DVCLive folder for the training curves")
+    args = parser.parse_args(argv)
+    p = params.load(args.params)
+
+    tf = cli.import_tensorflow()
+    from dvclive import Live
+    from tqdm import tqdm
+
+    from stages import model as mlp, records, training
+
+    tf.keras.utils.set_random_seed(p.train.seed)
+    tf.config.experimental.enable_op_determinism()
+    train_data = records.read_split(args.data, "train")
+    val_data = records.read_split(args.data, "val")
+    steps_per_epoch = len(train_data[1]) // p.train.batch_size
+    print(
+        f"train: {len(train_data[1])} train / {len(val_data[1])} val images, MLP 784-"
+        f"{'-'.join(map(str, p.model.hidden_units))}-10, {p.train.optimizer} lr {p.train.learning_rate:g}, "
+        f"batch {p.train.batch_size}, {p.train.epochs} epochs of {steps_per_epoch} steps"
+        f"{', XLA' if p.train.jit_compile else ''}",
+        flush=True,
+    )
+
+    bar = tqdm(total=steps_per_epoch, unit="step", leave=False) if sys.stderr.isatty() else None
+
+    def progress(n: int) -> None:
+        bar.update(n)
+
+    with atomic.output_path(args.live, is_dir=True) as live_dir:
+        with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+
+            def on_epoch(record: dict) -> None:
+                if bar:
+                    bar.reset()
+                    bar.write(_epoch_line(record, p.train.epochs))
+                else:
+                    print(_epoch_line(record, p.train.epochs), flush=True)
+                for split, prefix in (("train", ""), ("val", "val_")):
+                    live.log_metric(f"{split}/loss", record[prefix + "loss"])
+                    live.log_metric(f"{split}/accuracy", record[prefix + "accuracy"])
+                live.log_metric("learning_rate", record["learning_rate"])
+                live.next_step()
+
+            result = training.run(train_data, val_data, p.model, p.train, on_epoch, progress if bar else None)
+            live.summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
+        if bar:
+            bar.close()
+
+        with atomic.output_path(args.checkpoint, is_dir=True) as ckpt_dir:
+            tf.train.Checkpoint(model=result.model).write(str(ckpt_dir / "ckpt"))
+            mlp.save_architecture(result.model, ckpt_dir)
+    seconds = sum(r["seconds"] for r in result.history)
+    print(
+        f"train: best epoch {result.best_epoch} (val_acc {result.best_val_accuracy:.4f}) saved to {args.checkpoint}; "
+        f"{seconds:.1f} s training, {seconds / len(result.history):.2f} s/epoch"
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

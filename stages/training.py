@@ -1,0 +1,181 @@
+"""The custom training loop: tf.data input, a GradientTape step, several steps per tf.function call.
+
+`run()` takes the data as arrays, so tests can inject tiny synthetic data.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from stages import optimizers
+from stages.cli import UserError
+from stages.model import MLP, NUM_CLASSES, predict_logits
+from stages.preprocessing import INPUT_SIZE, to_model_input
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Endless stream of shuffled full batches: each epoch a new seeded permutation, partial batch dropped.
+
+    Only indices go through shuffle/batch; the images stay in one in-memory tensor and are gathered
+    a batch at a time, which keeps tf.data's per-element work small.
+    """
+    images, labels = tf.constant(images), tf.constant(labels)
+    return (
+        tf.data.Dataset.range(len(labels))
+        .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=True)
+        .repeat()
+        .map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
+        .prefetch(2)
+    )
+
+
+def shift_images(x: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
+    """Shift each image [B, 784] by its own random offset of up to `max_shift` pixels, filling with 0."""
+    size = 28
+    batch = tf.shape(x)[0]
+    padded = tf.pad(tf.reshape(x, [-1, size, size]), [[0, 0], [max_shift, max_shift], [max_shift, max_shift]])
+    offsets = tf.random.stateless_uniform([batch, 2], seed=seed, maxval=2 * max_shift + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(size)[None, :]
+    cols = offsets[:, 1:] + tf.range(size)[None, :]
+    cropped = tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
+    return tf.reshape(cropped, [-1, INPUT_SIZE])
+
+
+def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Mean cross-entropy of the logits against (optionally smoothed) one-hot labels."""
+    targets = tf.one_hot(labels, NUM_CLASSES)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+
+
+class Trainer(tf.Module):
+    """Model + optimizer + the compiled step. `steps(n)` runs n steps in one tf.function call."""
+
+    def __init__(self, model: MLP, cfg, batch_size: int, steps_per_epoch: int, iterator):
+        super().__init__(name="trainer")
+        self.model, self.cfg, self._iterator = model, cfg, iterator
+        self.variables_to_train = list(model.trainable_variables)
+        self.optimizer = optimizers.build(cfg, self.variables_to_train)
+        self.total_steps = cfg.epochs * steps_per_epoch
+        self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
+        batch_spec = [tf.TensorSpec([batch_size, INPUT_SIZE], tf.uint8), tf.TensorSpec([batch_size], tf.int64)]
+        self.step = tf.function(self._step, input_signature=batch_spec, jit_compile=cfg.jit_compile)
+        self.steps = tf.function(self._steps, input_signature=[tf.TensorSpec([], tf.int32)])
+
+    def _step(self, images, labels):
+        cfg = self.cfg
+        step = self.optimizer.iterations + 1
+        seed = tf.stack([tf.constant(cfg.seed, tf.int64), step])  # fresh, reproducible randomness per step
+        x = to_model_input(images)
+        if cfg.augment_shift:
+            x = shift_images(x, cfg.augment_shift, tf.random.experimental.stateless_fold_in(seed, 1_000_003))
+        with tf.GradientTape() as tape:
+            logits = self.model(x, cfg.dropout_input, cfg.dropout_hidden, seed=seed)
+            loss = softmax_cross_entropy(logits, labels, cfg.label_smoothing)
+        grads = tape.gradient(loss, self.variables_to_train)
+        lr = optimizers.learning_rate(step, self.total_steps, self.warmup_steps, cfg.learning_rate, cfg.lr_schedule)
+        self.optimizer.apply(grads, self.variables_to_train, lr)
+        if cfg.max_norm:
+            self.model.apply_max_norm(cfg.max_norm)
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == labels, tf.int64))
+        return loss, correct
+
+    def _steps(self, n):
+        # Batches are fetched here, outside the (possibly XLA-compiled) step: XLA cannot compile iterator ops.
+        losses = tf.TensorArray(tf.float32, size=n)
+        correct = tf.constant(0, tf.int64)
+        for i in tf.range(n):
+            images, labels = next(self._iterator)
+            loss, batch_correct = self.step(images, labels)
+            losses = losses.write(i, loss)
+            correct += batch_correct
+        return losses.stack(), correct
+
+
+@dataclass
+class Result:
+    model: MLP
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict] = field(default_factory=list)
+
+
+def evaluate_arrays(model: MLP, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the model on uint8 images [N, 784]."""
+    logits = predict_logits(model, images)
+    loss = float(softmax_cross_entropy(logits, labels))
+    return loss, float(np.mean(np.argmax(logits, 1) == labels))
+
+
+_DIVERGED_HINT = "lower train.learning_rate (or add warm-up); no checkpoint written"
+
+
+def _check_losses(losses: np.ndarray, first_step: int, epoch: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise UserError(
+            f"training diverged: loss is {losses[bad[0]]} at epoch {epoch}, step {first_step + bad[0]}; {_DIVERGED_HINT}"
+        )
+
+
+def _check_weights(variables, epoch: int) -> None:
+    for v in variables:
+        if not bool(tf.reduce_all(tf.math.is_finite(v))):
+            raise UserError(f"training diverged: non-finite values in {v.name} at epoch {epoch}; {_DIVERGED_HINT}")
+
+
+def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress=None) -> Result:
+    """Train on `train` = (uint8 images [N, 784], labels), keep the best epoch by accuracy on `val`.
+
+    `on_epoch(record)` receives each epoch's metrics; `progress(steps_done)` is called after every call.
+    """
+    train_images, train_labels = train
+    steps_per_epoch = len(train_labels) // train_cfg.batch_size
+    model = MLP(model_cfg.hidden_units, seed=train_cfg.seed)
+    iterator = iter(batches(train_images, train_labels, train_cfg.batch_size, train_cfg.seed))
+    trainer = Trainer(model, train_cfg, train_cfg.batch_size, steps_per_epoch, iterator)
+    best = [tf.Variable(v, trainable=False) for v in model.trainable_variables]
+    result = Result(model, best_epoch=0, best_val_accuracy=-1.0)
+
+    for epoch in range(1, train_cfg.epochs + 1):
+        start = time.perf_counter()
+        losses, correct, done = [], 0, 0
+        while done < steps_per_epoch:
+            n = min(train_cfg.steps_per_call, steps_per_epoch - done)
+            call_losses, call_correct = trainer.steps(tf.constant(n, tf.int32))
+            call_losses = call_losses.numpy()
+            _check_losses(call_losses, (epoch - 1) * steps_per_epoch + done + 1, epoch)
+            losses.append(call_losses)
+            correct += int(call_correct)
+            done += n
+            if progress:
+                progress(n)
+        _check_weights(model.trainable_variables, epoch)
+        val_loss, val_accuracy = evaluate_arrays(model, *val)
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(np.concatenate(losses))),
+            "accuracy": correct / (steps_per_epoch * train_cfg.batch_size),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "learning_rate": float(
+                optimizers.learning_rate(
+                    trainer.optimizer.iterations, trainer.total_steps, trainer.warmup_steps,
+                    train_cfg.learning_rate, train_cfg.lr_schedule,
+                )
+            ),
+            "seconds": time.perf_counter() - start,
+        }
+        result.history.append(record)
+        if val_accuracy > result.best_val_accuracy:
+            result.best_epoch, result.best_val_accuracy = epoch, val_accuracy
+            for snapshot, v in zip(best, model.trainable_variables):
+                snapshot.assign(v)
+        on_epoch(record)
+
+    for snapshot, v in zip(best, model.trainable_variables):
+        v.assign(snapshot)
+    return result
