@@ -31,6 +31,8 @@ def import_tensorflow():
     try:
         os.dup2(devnull, 2)
         import tensorflow
+
+        tensorflow.config.list_physical_devices()  # device discovery logs "failed call to cuInit" on CPU-only machines
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -34,6 +34,10 @@ def main(argv=None) -> None:
         f"prepare: loaded {len(data.train_labels)} train + {len(data.test_labels)} test images from "
         f"source '{cfg.source}' ({'verified MNIST' if cfg.verify else 'not verified'}, fingerprint {fingerprint[:12]})"
     )
+    if cfg.val_size >= len(data.train_labels):
+        raise cli.ParamsError(
+            f"{args.params}: data.val_size = {cfg.val_size}: must be smaller than the {len(data.train_labels)} training images"
+        )
     splits = prepare_splits(data, cfg.val_size, cfg.seed)
 
     cli.import_tensorflow()  # slow: only once the inputs are known to be good

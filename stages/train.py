@@ -58,6 +58,7 @@ def main(argv=None) -> None:
                     bar.write(_epoch_line(record, p.train.epochs))
                 else:
                     print(_epoch_line(record, p.train.epochs), flush=True)
+                live.step = record["epoch"]  # x axis of the curves: epoch, from 1
                 for split, prefix in (("train", ""), ("val", "val_")):
                     live.log_metric(f"{split}/loss", record[prefix + "loss"])
                     live.log_metric(f"{split}/accuracy", record[prefix + "accuracy"])

@@ -1,0 +1,86 @@
+"""Stage evaluate: restore the best checkpoint, score validation and test, write metrics and pictures.
+
+    python -m stages.evaluate --params params.yaml --data data/prepared --checkpoint artifacts/checkpoint \\
+        --metrics reports/metrics.json --per-class reports/per_class.json \\
+        --predictions reports/predictions.csv --confusion reports/confusion_matrix.png
+"""
+import argparse
+import io
+
+import numpy as np
+
+from stages import atomic, cli, params
+
+
+def split_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """accuracy, mean cross-entropy loss, macro F1 and error count of one split's logits."""
+    from sklearn.metrics import f1_score
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    predicted = logits.argmax(axis=1)
+    return {
+        "accuracy": round(float(np.mean(predicted == labels)), 6),
+        "loss": round(float(-log_probs[np.arange(len(labels)), labels].mean()), 6),
+        "macro_f1": round(float(f1_score(labels, predicted, average="macro")), 6),
+        "errors": int(np.sum(predicted != labels)),
+    }
+
+
+def per_class(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=range(10), zero_division=0)
+    return {
+        str(d): {"precision": round(float(precision[d]), 6), "recall": round(float(recall[d]), 6),
+                 "f1": round(float(f1[d]), 6), "support": int(support[d])}
+        for d in range(10)
+    }
+
+
+def predictions_csv(labels: np.ndarray, predicted: np.ndarray) -> str:
+    out = io.StringIO()
+    out.write("actual,predicted\n")
+    for actual, guess in zip(labels, predicted):
+        out.write(f"{actual},{guess}\n")
+    return out.getvalue()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/prepared")
+    parser.add_argument("--checkpoint", default="artifacts/checkpoint")
+    parser.add_argument("--metrics", default="reports/metrics.json")
+    parser.add_argument("--per-class", default="reports/per_class.json")
+    parser.add_argument("--predictions", default="reports/predictions.csv")
+    parser.add_argument("--confusion", default="reports/confusion_matrix.png")
+    args = parser.parse_args(argv)
+    params.load(args.params)  # nothing here depends on params, but a bad file is reported early by every stage
+
+    cli.import_tensorflow()
+    from sklearn.metrics import confusion_matrix
+
+    from stages import figures, model as mlp, records
+
+    model = mlp.restore(args.checkpoint)
+    splits = {name: records.read_split(args.data, name) for name in ("val", "test")}
+    logits = {name: mlp.predict_logits(model, images) for name, (images, _) in splits.items()}
+    metrics = {name: split_metrics(logits[name], splits[name][1]) for name in ("test", "val")}
+
+    test_labels = splits["test"][1]
+    test_predicted = logits["test"].argmax(axis=1)
+    atomic.write_json(args.per_class, per_class(test_labels, test_predicted))
+    atomic.write_text(args.predictions, predictions_csv(test_labels, test_predicted))
+    with atomic.output_path(args.confusion) as tmp:
+        figures.confusion_matrix(
+            confusion_matrix(test_labels, test_predicted, labels=range(10)), tmp,
+            f"MNIST test set: {metrics['test']['accuracy']:.2%} correct, {metrics['test']['errors']} errors",
+        )
+    atomic.write_json(args.metrics, metrics)  # last: its presence means the whole stage completed
+    for name, m in metrics.items():
+        print(f"evaluate: {name:<4} accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro_f1 {m['macro_f1']:.4f}  errors {m['errors']}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
