@@ -36,6 +36,10 @@ def main(argv=None) -> None:
     train_data = records.read_split(args.data, "train")
     val_data = records.read_split(args.data, "val")
     steps_per_epoch = len(train_data[1]) // p.train.batch_size
+    if steps_per_epoch == 0:
+        raise cli.ParamsError(
+            f"{args.params}: train.batch_size = {p.train.batch_size}: larger than the {len(train_data[1])} training images"
+        )
     print(
         f"train: {len(train_data[1])} train / {len(val_data[1])} val images, MLP 784-"
         f"{'-'.join(map(str, p.model.hidden_units))}-10, {p.train.optimizer} lr {p.train.learning_rate:g}, "
