@@ -46,6 +46,26 @@ def predictions_csv(labels: np.ndarray, predicted: np.ndarray) -> str:
     return out.getvalue()
 
 
+def most_confident_errors(labels: np.ndarray, logits: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the `count` wrong predictions with the highest predicted probability, and those probabilities."""
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(logits.argmax(axis=1) != labels)
+    # Stable sort on (-confidence, index) keeps the picture identical across runs.
+    chosen = wrong[np.lexsort((wrong, -confidence[wrong]))][:count]
+    return chosen, confidence[chosen]
+
+
+def picture_most_confident_errors(images, labels, logits, path, count: int = 30) -> None:
+    from stages import figures
+
+    chosen, confidence = most_confident_errors(labels, logits, count)
+    predicted = logits.argmax(axis=1)
+    captions = [f"true {labels[i]} → {predicted[i]}\n{p:.0%}" for i, p in zip(chosen, confidence)]
+    figures.digit_grid(images[chosen], captions, path, f"The {len(chosen)} most confidently wrong test digits (true → predicted, probability)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -55,6 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--per-class", default="reports/per_class.json")
     parser.add_argument("--predictions", default="reports/predictions.csv")
     parser.add_argument("--confusion", default="reports/confusion_matrix.png")
+    parser.add_argument("--misclassified", default="reports/misclassified.png")
     args = parser.parse_args(argv)
     params.load(args.params)  # nothing here depends on params, but a bad file is reported early by every stage
 
@@ -77,6 +98,8 @@ def main(argv=None) -> None:
             confusion_matrix(test_labels, test_predicted, labels=range(10)), tmp,
             f"MNIST test set: {metrics['test']['accuracy']:.2%} correct, {metrics['test']['errors']} errors",
         )
+    with atomic.output_path(args.misclassified) as tmp:
+        picture_most_confident_errors(splits["test"][0], test_labels, logits["test"], tmp)
     atomic.write_json(args.metrics, metrics)  # last: its presence means the whole stage completed
     for name, m in metrics.items():
         print(f"evaluate: {name:<4} accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro_f1 {m['macro_f1']:.4f}  errors {m['errors']}")

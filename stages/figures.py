@@ -32,3 +32,36 @@ def confusion_matrix(matrix: np.ndarray, path, title: str) -> None:
     colorbar.set_ticks(np.log1p(ticks), labels=[str(t) for t in ticks])
     colorbar.set_label("images")
     _save(fig, path)
+
+
+def training_curves(history: list[dict], best_epoch: int, path) -> None:
+    """Loss and accuracy per epoch, train vs validation, the kept (best) epoch marked."""
+    epochs = [r["epoch"] for r in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((loss_ax, "loss", "cross-entropy loss"), (acc_ax, "accuracy", "accuracy")):
+        ax.plot(epochs, [r[key] for r in history], "o-", ms=3, label="train")
+        ax.plot(epochs, [r["val_" + key] for r in history], "o-", ms=3, label="validation")
+        ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"kept: epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    loss_ax.set_yscale("log")
+    acc_ax.set_ylim(max(0.0, min(r["val_accuracy"] for r in history) - 0.01), 1.0)
+    best = next(r for r in history if r["epoch"] == best_epoch)
+    fig.suptitle(f"Training curves: best validation accuracy {best['val_accuracy']:.2%} at epoch {best_epoch}")
+    _save(fig, path)
+
+
+def digit_grid(images: np.ndarray, captions: list[str], path, title: str, columns: int = 10, colors=None) -> None:
+    """A grid of 28x28 digits (white on black, as the model sees them), each with a caption."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.15, rows * 1.35))
+    for index, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if index < len(images):
+            ax.imshow(images[index].reshape(28, 28), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[index], fontsize=8, color=(colors[index] if colors else "black"))
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

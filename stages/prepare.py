@@ -17,10 +17,20 @@ def prepare_splits(data: sources.Mnist, val_size: int, seed: int) -> dict:
     return {"train": (train_x, train_y), "val": (val_x, val_y), "test": mnist_facts.canonical_test(data.test_images, data.test_labels)}
 
 
+def sample_digits(images, labels, per_class: int = 8):
+    """The first `per_class` images of each digit, digit by digit."""
+    import numpy as np
+
+    picks = [np.flatnonzero(labels == digit)[:per_class] for digit in range(10)]
+    order = np.concatenate(picks)
+    return images[order], labels[order]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="data/prepared", help="folder for the shards and meta.json")
+    parser.add_argument("--samples", default="reports/samples.png", help="picture of a few training digits per class")
     args = parser.parse_args(argv)
     cfg = params.load(args.params).data
 
@@ -57,6 +67,11 @@ def main(argv=None) -> None:
             },
         }
         (tmp / records.META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    from stages import figures
+
+    images, labels = sample_digits(*splits["train"])
+    with atomic.output_path(args.samples) as tmp:
+        figures.digit_grid(images, [str(d) for d in labels], tmp, f"Training digits ({cfg.source} source), 8 per class", columns=8)
     sizes = ", ".join(f"{name} {entry['count']} ({len(entry['shards'])} shards)" for name, entry in meta["splits"].items())
     print(f"prepare: wrote {sizes} to {args.out} in {time.perf_counter() - start:.1f} s")
 

@@ -22,6 +22,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="data/prepared", help="prepared TFRecords (prepare's output)")
     parser.add_argument("--checkpoint", default="artifacts/checkpoint", help="where the best epoch is saved")
     parser.add_argument("--live", default="reports/train", help="DVCLive folder for the training curves")
+    parser.add_argument("--curves", default="reports/training_curves.png", help="picture of the training curves")
     args = parser.parse_args(argv)
     p = params.load(args.params)
 
@@ -29,7 +30,7 @@ def main(argv=None) -> None:
     from dvclive import Live
     from tqdm import tqdm
 
-    from stages import model as mlp, records, training
+    from stages import figures, model as mlp, records, training
 
     tf.keras.utils.set_random_seed(p.train.seed)
     tf.config.experimental.enable_op_determinism()
@@ -77,6 +78,8 @@ def main(argv=None) -> None:
         with atomic.output_path(args.checkpoint, is_dir=True) as ckpt_dir:
             tf.train.Checkpoint(model=result.model).write(str(ckpt_dir / "ckpt"))
             mlp.save_architecture(result.model, ckpt_dir)
+    with atomic.output_path(args.curves) as tmp:
+        figures.training_curves(result.history, result.best_epoch, tmp)
     seconds = sum(r["seconds"] for r in result.history)
     print(
         f"train: best epoch {result.best_epoch} (val_acc {result.best_val_accuracy:.4f}) saved to {args.checkpoint}; "

@@ -1,0 +1,158 @@
+"""Training throughput, side by side in one process: our loop vs Keras `fit` vs a TF Core guide-style loop,
+and the machine's matmul bound for the same shapes. Run by hand (results in benchmarks/RESULTS.md):
+
+    python -m benchmarks.bench_training --hidden 700 500 --batch 128 --rounds 3
+
+Each round times one epoch of every contender in turn (after one warm-up epoch each), so a noisy
+machine affects all of them alike; the report gives medians and ratios.
+"""
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from stages import cli, params  # noqa: E402
+
+
+def load_train(data_dir: str):
+    from stages import records
+
+    return records.read_split(data_dir, "train")
+
+
+def ours(images, labels, hidden, batch, cfg):
+    """The train stage's loop (stages.training.Trainer): returns a function running one epoch."""
+    import tensorflow as tf
+
+    from stages import training
+    from stages.model import MLP
+
+    steps = len(labels) // batch
+    iterator = iter(training.batches(images, labels, batch, seed=0))
+    trainer = training.Trainer(MLP(hidden, seed=0), cfg, batch, steps, iterator)
+
+    def epoch():
+        done = 0
+        while done < steps:
+            n = min(cfg.steps_per_call, steps - done)
+            trainer.steps(tf.constant(n, tf.int32))[0].numpy()
+            done += n
+
+    return epoch
+
+
+def guide_loop(images, labels, hidden, batch):
+    """The TF Core MLP guide's shape: per-step Python loop over a tf.data pipeline, step in tf.function."""
+    import tensorflow as tf
+
+    from stages import optimizers
+    from stages.model import MLP
+    from stages.preprocessing import to_model_input
+
+    model = MLP(hidden, seed=0)
+    variables = list(model.trainable_variables)
+    opt = optimizers.Adam(variables)
+    x = to_model_input(images)
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).shuffle(len(labels), seed=0).batch(batch)
+
+    @tf.function
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, model(xb)))
+        opt.apply(tape.gradient(loss, variables), variables, 1e-3)
+        return loss
+
+    def epoch():
+        for xb, yb in dataset:
+            step(xb, yb)
+
+    return epoch
+
+
+def keras_fit(images, labels, hidden, batch):
+    import keras
+
+    x = images.astype("float32") / 255.0
+    model = keras.Sequential(
+        [keras.Input((784,))] + [keras.layers.Dense(h, activation="relu") for h in hidden] + [keras.layers.Dense(10)]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    def epoch():
+        model.fit(x, labels, batch_size=batch, epochs=1, shuffle=True, verbose=0)
+
+    return epoch
+
+
+def matmul_bound(n_examples, hidden, batch):
+    """Only the matmuls of one epoch (forward, weight gradients, input gradients), back to back."""
+    import tensorflow as tf
+
+    sizes = [784, *hidden, 10]
+    ws = [tf.Variable(tf.random.normal([a, b])) for a, b in zip(sizes[:-1], sizes[1:])]
+    acts = [tf.random.normal([batch, s]) for s in sizes]
+    steps = n_examples // batch
+
+    @tf.function
+    def run(n):
+        total = tf.constant(0.0)
+        for _ in tf.range(n):
+            for i, w in enumerate(ws):
+                total += tf.reduce_sum(tf.matmul(acts[i], w)[:1, :1])  # forward
+                total += tf.reduce_sum(tf.matmul(acts[i], acts[i + 1], transpose_a=True)[:1, :1])  # dW
+                if i:
+                    total += tf.reduce_sum(tf.matmul(acts[i + 1], w, transpose_b=True)[:1, :1])  # dX
+        return total
+
+    return lambda: run(tf.constant(steps)).numpy()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Training throughput comparison")
+    parser.add_argument("--data", default="data/prepared")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[700, 500])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="subset of contenders")
+    args = parser.parse_args(argv)
+    p = params.load(args.params)
+    cfg = p.train.model_copy(update={"batch_size": args.batch})
+    tf = cli.import_tensorflow()
+    tf.keras.utils.set_random_seed(0)
+    images, labels = load_train(args.data)
+
+    contenders = {
+        "ours (XLA)": lambda: ours(images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": True})),
+        "ours (no XLA)": lambda: ours(images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": False})),
+        "guide-style loop": lambda: guide_loop(images, labels, args.hidden, args.batch),
+        "keras fit": lambda: keras_fit(images, labels, args.hidden, args.batch),
+        "matmul bound": lambda: matmul_bound(len(labels), args.hidden, args.batch),
+    }
+    if args.only:
+        contenders = {k: v for k, v in contenders.items() if k in args.only}
+    epochs = {name: make() for name, make in contenders.items()}
+    for epoch in epochs.values():
+        epoch()  # warm-up: tracing, compilation, first data pass
+    times = {name: [] for name in epochs}
+    for _ in range(args.rounds):
+        for name, epoch in epochs.items():
+            start = time.perf_counter()
+            epoch()
+            times[name].append(time.perf_counter() - start)
+
+    arch = "-".join(map(str, [784, *args.hidden, 10]))
+    print(f"one epoch of {len(labels)} images, MLP {arch}, batch {args.batch}, median of {args.rounds} rounds")
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ref = median.get("ours (XLA)")
+    for name, seconds in median.items():
+        ratio = f"  ours(XLA) is {seconds / ref:.2f}x faster" if ref and name != "ours (XLA)" else ""
+        print(f"{name:<18} {seconds:6.2f} s/epoch  (rounds: {', '.join(f'{t:.2f}' for t in times[name])}){ratio}")
+    if ref and "matmul bound" in median:
+        print(f"ours (XLA) runs at {median['matmul bound'] / ref:.0%} of the matmul bound")
+
+
+if __name__ == "__main__":
+    cli.run(main)
