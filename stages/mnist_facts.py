@@ -26,8 +26,11 @@ def check_format(data: Mnist) -> None:
         images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
         if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
             raise UserError(f"{split} images have shape {images.shape} {images.dtype}, expected (N, 28, 28) uint8")
-        if labels.shape != (len(images),):
-            raise UserError(f"{split}: {len(images)} images but labels of shape {labels.shape}")
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(
+                f"{split}: {len(images)} images but labels of shape {labels.shape} {labels.dtype}, "
+                f"expected ({len(images)},) integers"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() > 9):
             raise UserError(f"{split} labels range over {labels.min()}..{labels.max()}, expected 0..9")
 
@@ -49,14 +52,17 @@ def check_is_mnist(data: Mnist, fingerprint_hex: str) -> None:
             )
     if fingerprint_hex != MNIST_FINGERPRINT:
         raise UserError(
-            f"not MNIST: content fingerprint {fingerprint_hex[:16]}… differs from MNIST's "
-            f"{MNIST_FINGERPRINT[:16]}… (set data.verify: false for an MNIST-format dataset of your own)"
+            f"not MNIST: the counts match but the images or labels differ (content fingerprint "
+            f"{fingerprint_hex[:16]}..., MNIST's is {MNIST_FINGERPRINT[:16]}...); "
+            "set data.verify: false for an MNIST-format dataset of your own"
         )
 
 
 def example_digests(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
-    """sha256 of each (label, image) pair: one byte of label, then the 784 pixels."""
-    flat = images.reshape(len(images), -1)
+    """sha256 of each (label, image) pair: one byte of label, then the 784 pixels.
+
+    Labels must be in 0..255 (check_format guarantees 0..9)."""
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:])))  # not -1: that fails for N = 0
     return [hashlib.sha256(bytes([label]) + row.tobytes()).digest() for row, label in zip(flat, labels)]
 
 

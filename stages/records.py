@@ -34,7 +34,7 @@ def serialize(image: np.ndarray, label: int) -> bytes:
             }
         )
     )
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # fixed field order: byte-identical shards
 
 
 def parse_batch(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -5,14 +5,15 @@ whatever order the source delivers them; `mnist_facts` then checks and orders th
 """
 import gzip
 import importlib.util
+import math
 import pickle
-import socket
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from stages.cli import UserError
+from stages.cli import UserError, import_tensorflow
 
 
 class Mnist(NamedTuple):
@@ -80,91 +81,189 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# IDX header: 2 zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then one
+# big-endian uint32 per dimension, then the data, row-major, exactly as many bytes as the dimensions say.
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
+_GZIP_START = b"\x1f\x8b"
+_CHUNK = 1 << 24
 
 
-def _read_idx_bytes(folder: Path, name: str) -> tuple[Path, bytes]:
+def _find_idx_file(folder: Path, name: str) -> Path:
+    """`name` or `name.gz` in `folder` (the plain file wins when both are there)."""
     for path in (folder / name, folder / f"{name}.gz"):
         if path.is_file():
-            try:
-                with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-                    return path, f.read()
-            except (OSError, EOFError) as exc:
-                raise UserError(f"{path}: cannot read ({exc})") from None
-    raise UserError(f"{folder / name}: not found (nor {name}.gz); put the four MNIST IDX files in {folder}")
+            return path
+    raise UserError(f"{folder / name}: not found (nor {name}.gz); put the four MNIST IDX files in {folder} (data.idx_dir)")
 
 
-def read_idx(folder: Path, name: str, images: bool) -> np.ndarray:
-    """One IDX file as an array, after checking its magic number, dimensions and length."""
-    path, data = _read_idx_bytes(folder, name)
+def _read_exactly(f, size: int) -> bytearray:
+    """Up to `size` bytes, in chunks (a header claiming a huge size must not allocate it up front)."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = f.read(min(_CHUNK, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _count_rest(f) -> int:
+    """Bytes left in the stream, read to the end (so a gzip stream's CRC and length get checked)."""
+    count = 0
+    while chunk := f.read(_CHUNK):
+        count += len(chunk)
+    return count
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_idx(path: Path, images: bool) -> np.ndarray:
+    """One IDX file (plain, or gzipped if its name ends in .gz), checked: its magic number, its
+    dimensions (N x 28 x 28 images or N labels) and that the data length matches the header exactly."""
+    path = Path(path)
+    what = "images" if images else "labels"
+    expected_magic = _IMAGES_MAGIC if images else _LABELS_MAGIC
     ndim = 3 if images else 1
     header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise UserError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    magic = int.from_bytes(data[:4], "big")
-    expected_magic = _IMAGES_MAGIC if images else _LABELS_MAGIC
-    if magic != expected_magic:
-        raise UserError(f"{path}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if images and dims[1:] != [28, 28]:
-        raise UserError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
-    expected = int(np.prod(dims))
-    found = len(data) - header_size
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            header = _read_exactly(f, header_size)
+            if header[:2] == _GZIP_START and path.suffix != ".gz":
+                raise UserError(f"{path}: is gzip-compressed; name it {path.name}.gz or decompress it")
+            if len(header) < 4:
+                raise UserError(f"{path}: too short for an IDX header ({len(header)} bytes)")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != expected_magic:
+                kind = {_IMAGES_MAGIC: " (an images file)", _LABELS_MAGIC: " (a labels file)"}.get(magic, "")
+                raise UserError(
+                    f"{path}: magic number 0x{magic:08x}{kind}, expected 0x{expected_magic:08x} (IDX {what})"
+                )
+            if len(header) < header_size:
+                raise UserError(f"{path}: header truncated: {len(header)} of {header_size} bytes")
+            dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+            if images and dims[1:] != [28, 28]:
+                raise UserError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+            expected = math.prod(dims)
+            data = _read_exactly(f, expected)
+            found = len(data) + (_count_rest(f) if len(data) == expected else 0)
+    except UserError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable, or a damaged gzip stream
+        raise UserError(f"{path}: cannot read ({_one_line(exc)})") from None
     if found != expected:
-        what = "pixels" if images else "labels"
-        raise UserError(f"{path}: expected {expected} bytes of {what}, found {found}")
-    return np.frombuffer(data, np.uint8, offset=header_size).reshape(dims)
+        what_bytes = "pixels" if images else "labels"
+        hint = "truncated?" if found < expected else f"{found - expected} bytes too many"
+        raise UserError(f"{path}: expected {expected} bytes of {what_bytes}, found {found} ({hint})")
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 def load_idx(folder: str | Path) -> Mnist:
+    """The four IDX files in `folder`, each plain or .gz; images and labels must agree in count."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder; data.source is idx, so put the four MNIST IDX files there")
-    arrays = {key: read_idx(folder, name, images=key.endswith("images")) for key, name in IDX_FILES.items()}
+        raise UserError(
+            f"{folder}: no such folder (data.idx_dir); put the four MNIST IDX files there: "
+            + ", ".join(f"{name}[.gz]" for name in IDX_FILES.values())
+        )
+    paths = {key: _find_idx_file(folder, name) for key, name in IDX_FILES.items()}
+    arrays = {key: read_idx(path, images=key.endswith("images")) for key, path in paths.items()}
     for split in ("train", "test"):
         n_images, n_labels = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_images != n_labels:
             raise UserError(
-                f"{folder}: {IDX_FILES[split + '_images']} has {n_images} images "
-                f"but {IDX_FILES[split + '_labels']} has {n_labels} labels"
+                f"{paths[split + '_labels']}: {n_labels} labels, but {paths[split + '_images']} has {n_images} images"
             )
     return Mnist(
-        arrays["train_images"].copy(),
+        arrays["train_images"],
         arrays["train_labels"].astype(np.int64),
-        arrays["test_images"].copy(),
+        arrays["test_images"],
         arrays["test_labels"].astype(np.int64),
     )
 
 
 # --- tfds: tensorflow_datasets.load("mnist"), which needs the network the first time ------------
 
-_TFDS_HOST = ("storage.googleapis.com", 443)
+_TFDS_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # where TFDS downloads MNIST from
+_NETWORK_TIMEOUT = 4.0  # seconds for the reachability check (TFDS itself retries for ~3.5 minutes)
+_TFDS_BATCH = 10_000  # examples per batch when reading the tf.data splits into numpy
 
 
-def _check_reachable(timeout: float = 3.0) -> None:
-    try:
-        socket.create_connection(_TFDS_HOST, timeout=timeout).close()
-    except OSError:
+def _check_reachable(url: str = _TFDS_URL, timeout: float = _NETWORK_TIMEOUT) -> None:
+    """Fail fast with a clear message when TFDS's download server cannot be reached.
+
+    A HEAD request through urllib (which honours the *_PROXY variables, as TFDS's downloader does),
+    run in a thread so that a hanging DNS lookup cannot outlast `timeout` either."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: dict = {}
+
+    def attempt():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            outcome["ok"] = True
+        except urllib.error.HTTPError:  # the server answered: it is reachable
+            outcome["ok"] = True
+        except Exception as exc:  # URLError, OSError, ssl errors, timeouts
+            outcome["error"] = _one_line(exc)
+
+    thread = threading.Thread(target=attempt, name="tfds-reachability", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome.get("ok"):
+        reason = outcome.get("error", f"no answer within {timeout:g} s")
         raise UserError(
-            "data.source is tfds but the TFDS download server is unreachable (no network?); "
-            "use data.source: bundled (offline) or data.source: idx with the MNIST IDX files"
-        ) from None
+            f"data.source is tfds but the TFDS download server {url} is unreachable ({reason}); "
+            "use data.source: bundled (offline) or data.source: idx with the four MNIST IDX files"
+        )
+
+
+def _split_to_numpy(tfds, split, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A tf.data split of (image, label) pairs as (uint8 [N, 28, 28], int64 [N]), read in big batches.
+
+    Iterate rather than tfds.load(..., batch_size=-1): under tfds.testing.mock_data the latter aborts
+    the process (C++ std::length_error)."""
+    images, labels = [], []
+    for batch_images, batch_labels in tfds.as_numpy(split.batch(_TFDS_BATCH)):
+        if batch_images.shape[1:] not in ((28, 28), (28, 28, 1)):
+            raise UserError(f"tfds mnist {name}: images of shape {batch_images.shape[1:]}, expected 28x28x1")
+        images.append(batch_images.reshape(-1, 28, 28).astype(np.uint8, copy=False))
+        labels.append(batch_labels.astype(np.int64, copy=False))
+    if not images:  # an empty split
+        return np.zeros((0, 28, 28), np.uint8), np.zeros((0,), np.int64)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def load_tfds(data_dir: str | None, check_network: bool = True) -> Mnist:
-    import tensorflow_datasets as tfds  # slow to import: only when this source is chosen
+    """tensorflow_datasets' "mnist" (train, test), downloaded into `data_dir` unless already there."""
+    import_tensorflow()  # quietly, before TFDS imports it
+    try:
+        import tensorflow_datasets as tfds  # slow to import: only when this source is chosen
+    except ImportError as exc:
+        raise UserError(
+            f"data.source is tfds but tensorflow_datasets cannot be imported ({_one_line(exc)}); "
+            "run `python -m pip install -r requirements.txt`"
+        ) from None
 
     builder = tfds.builder("mnist", data_dir=data_dir)
-    if check_network and not Path(builder.data_dir).is_dir():
-        _check_reachable()
-    # Iterate rather than batch_size=-1: under tfds.testing.mock_data the latter aborts the process.
-    splits = tfds.load("mnist", split=["train", "test"], as_supervised=True, data_dir=data_dir)
-    arrays = []
-    for split in splits:
-        pairs = list(tfds.as_numpy(split))
-        arrays.append(np.stack([image for image, _ in pairs]).reshape(-1, 28, 28).astype(np.uint8))
-        arrays.append(np.array([label for _, label in pairs], dtype=np.int64))
-    return Mnist(*arrays)
+    # (is_prepared() alone logs a warning when the folder is missing: look for the info file first)
+    prepared = (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
+    if not prepared:  # tfds.load will download it
+        if importlib.util.find_spec("importlib_resources") is None:  # TFDS's download path needs it
+            raise UserError(
+                "data.source is tfds: downloading needs the importlib_resources package; "
+                "run `python -m pip install -r requirements.txt`"
+            )
+        if check_network:
+            _check_reachable()
+    try:
+        train, test = tfds.load("mnist", split=["train", "test"], as_supervised=True, data_dir=data_dir)
+    except OSError as exc:  # e.g. the download broke off (requests errors are OSErrors)
+        raise UserError(f"tfds.load('mnist') into {builder.data_dir_root} failed: {_one_line(exc)}") from None
+    return Mnist(*_split_to_numpy(tfds, train, "train"), *_split_to_numpy(tfds, test, "test"))
 
 
 def load(source: str, idx_dir: str = "data/raw", tfds_data_dir: str | None = None) -> Mnist:
