@@ -127,7 +127,8 @@ def validate(raw: object, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(_describe(exc.errors()[0], source)) from None
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains a missing key
+        raise ParamsError(_describe(errors[0], source)) from None
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -21,6 +21,8 @@ def serving_module(model):
 
         @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
         def serve(self, images):
+            # A loaded signature does not enforce its input shape; without this, any multiple of 784 pixels passes.
+            images = tf.ensure_shape(images, [None, 28, 28])
             logits = self.mlp(to_model_input(images))
             return {"probabilities": tf.nn.softmax(logits), "class_ids": tf.argmax(logits, axis=1)}
 

@@ -111,10 +111,12 @@ def evaluate_arrays(model: MLP, images: np.ndarray, labels: np.ndarray) -> tuple
 
 
 _DIVERGED_HINT = "lower train.learning_rate (or add warm-up); no checkpoint written"
+# Guessing uniformly costs ln(10) = 2.3; a mean loss this large means the weights have blown up.
+EXPLODED_LOSS = 1e3
 
 
 def _check_losses(losses: np.ndarray, first_step: int, epoch: int) -> None:
-    bad = np.flatnonzero(~np.isfinite(losses))
+    bad = np.flatnonzero(~(np.abs(losses) < EXPLODED_LOSS))  # also catches nan and inf
     if bad.size:
         raise UserError(
             f"training diverged: loss is {losses[bad[0]]} at epoch {epoch}, step {first_step + bad[0]}; {_DIVERGED_HINT}"

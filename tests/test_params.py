@@ -1,0 +1,232 @@
+"""The params schema: every bad value is one ParamsError naming the full key; the stages exit 2 on it,
+with one `error:` line, no traceback and nothing written."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DELETE, REPO, base_params, with_overrides
+from stages import cli, params
+
+
+def test_repo_params_are_valid():
+    p = params.validate(base_params())
+    assert p.train.optimizer in ("adam", "sgd")
+    assert p == params.load(REPO / "params.yaml")
+
+
+def test_every_schema_key_is_in_params_yaml_and_back():
+    """params.yaml and the schema list the same keys (defaults live in the file, the schema requires all)."""
+
+    def keys(node, prefix=""):
+        out = set()
+        for key, value in node.items():
+            out.add(prefix + key)
+            if isinstance(value, dict):
+                out |= keys(value, prefix + key + ".")
+        return out
+
+    assert keys(base_params()) == set(params._known_keys(params.Params))
+
+
+# (id, overrides, the full key the message must name, a further fragment it must contain)
+BAD = [
+    ("typo-key", {"train.learnig_rate": 0.1}, "train.learnig_rate", "did you mean train.learning_rate?"),
+    ("typo-section", {"trian": {"epochs": 3}}, "trian", "did you mean train?"),
+    ("unknown-key", {"data.colour": "red"}, "data.colour", "unknown key"),
+    ("epochs-string", {"train.epochs": "ten"}, "train.epochs", "integer"),
+    ("epochs-float", {"train.epochs": 3.0}, "train.epochs", "integer"),
+    ("seed-float", {"train.seed": 1.5}, "train.seed", "integer"),
+    ("data-seed-float", {"data.seed": 0.0}, "data.seed", "integer"),
+    ("seed-negative", {"train.seed": -1}, "train.seed", "greater than or equal to 0"),
+    ("bool-as-int", {"train.jit_compile": 1}, "train.jit_compile", "boolean"),
+    ("bool-as-string", {"data.verify": "yes"}, "data.verify", "boolean"),
+    ("lr-bool", {"train.learning_rate": True}, "train.learning_rate", "number"),
+    ("lr-word", {"train.learning_rate": "fast"}, "train.learning_rate", "number"),
+    ("lr-zero", {"train.learning_rate": 0}, "train.learning_rate", "greater than 0"),
+    ("lr-negative", {"train.learning_rate": -1e-3}, "train.learning_rate", "greater than 0"),
+    ("lr-nan", {"train.learning_rate": float("nan")}, "train.learning_rate", ""),
+    ("lr-huge", {"train.learning_rate": 1e7}, "train.learning_rate", "less than or equal"),
+    ("momentum-1", {"train.optimizer": "sgd", "train.momentum": 1.0}, "train.momentum", "less than 1"),
+    ("dropout-1", {"train.dropout_hidden": 1.0}, "train.dropout_hidden", "less than 1"),
+    ("smoothing-negative", {"train.label_smoothing": -0.1}, "train.label_smoothing", "greater than or equal to 0"),
+    ("weight-decay-1", {"train.weight_decay": 1.0}, "train.weight_decay", "less than 1"),
+    ("shift-9", {"train.augment_shift": 9}, "train.augment_shift", "less than or equal to 8"),
+    ("epochs-0", {"train.epochs": 0}, "train.epochs", "greater than or equal to 1"),
+    ("batch-0", {"train.batch_size": 0}, "train.batch_size", "greater than or equal to 1"),
+    ("steps-per-call-0", {"train.steps_per_call": 0}, "train.steps_per_call", "greater than or equal to 1"),
+    ("val-size-0", {"data.val_size": 0}, "data.val_size", "greater than or equal to 1"),
+    ("val-size-all", {"data.val_size": 60_000}, "data.val_size", "less than or equal to 59999"),
+    ("shard-size-0", {"data.shard_size": 0}, "data.shard_size", "greater than or equal to 1"),
+    ("hidden-empty", {"model.hidden_units": []}, "model.hidden_units", "at least 1"),
+    ("hidden-zero", {"model.hidden_units": [64, 0]}, "model.hidden_units.1", "greater than or equal to 1"),
+    ("hidden-float", {"model.hidden_units": [64.0]}, "model.hidden_units.0", "integer"),
+    ("hidden-scalar", {"model.hidden_units": 64}, "model.hidden_units", "list"),
+    ("optimizer-enum", {"train.optimizer": "rmsprop"}, "train.optimizer", "'adam' or 'sgd'"),
+    ("schedule-enum", {"train.lr_schedule": "linear"}, "train.lr_schedule", "'constant' or 'cosine'"),
+    ("source-enum", {"data.source": "web"}, "data.source", "'bundled'"),
+    ("compression-enum", {"data.compression": "zip"}, "data.compression", "'none' or 'gzip'"),
+    ("idx-dir-null", {"data.idx_dir": None}, "data.idx_dir", "string"),
+    ("missing-key", {"train.jit_compile": DELETE}, "train.jit_compile", "missing key"),
+    ("missing-section", {"model": DELETE}, "model", "missing key"),
+    ("section-not-mapping", {"train": 5}, "train", ""),
+    ("warmup-too-long", {"train.warmup_epochs": 20, "train.epochs": 20}, "train.warmup_epochs", "train.epochs"),
+    ("warmup-longer", {"train.warmup_epochs": 21, "train.epochs": 20}, "train.warmup_epochs", "train.epochs"),
+    ("momentum-with-adam", {"train.optimizer": "adam", "train.momentum": 0.9}, "train.momentum", "sgd"),
+    ("nesterov-with-adam", {"train.optimizer": "adam", "train.nesterov": True}, "train.nesterov", "sgd"),
+    ("nesterov-without-momentum", {"train.optimizer": "sgd", "train.momentum": 0.0, "train.nesterov": True},
+     "train.nesterov", "train.momentum"),
+    ("batch-larger-than-train", {"data.val_size": 59_000, "train.batch_size": 1001}, "train.batch_size", "data.val_size"),
+]
+
+
+def _names_key(message: str, key: str) -> bool:
+    """The full dotted key appears as a whole (not as part of a longer key)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
+
+
+@pytest.mark.parametrize("overrides, key, fragment", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_params_name_the_key(overrides, key, fragment):
+    raw = with_overrides(base_params(), overrides)
+    with pytest.raises(params.ParamsError) as caught:
+        params.validate(raw, "my-params.yaml")
+    message = str(caught.value)
+    assert message.startswith("my-params.yaml: ")
+    assert _names_key(message, key), message
+    assert fragment in message
+    assert "\n" not in message
+    assert caught.value.exit_code == cli.EXIT_USAGE == 2
+    assert "pydantic" not in message and "errors.pydantic.dev" not in message
+
+
+def test_renamed_key_is_reported_with_did_you_mean():
+    raw = with_overrides(base_params(), {"train.learning_rate": DELETE, "train.learnig_rate": 0.1})
+    with pytest.raises(params.ParamsError, match=r"train\.learnig_rate \(did you mean train\.learning_rate\?\)"):
+        params.validate(raw)
+
+
+@pytest.mark.parametrize("text", ["1e-3", "1E-3", "+1e-3", ".5e-2", "5.0e-3"])
+def test_exponent_without_dot_is_a_number(tmp_path, text):
+    """PyYAML reads `1e-3` (no dot) as a string; the schema accepts it as the number it is."""
+    source = (REPO / "params.yaml").read_text()
+    patched, count = re.subn(r"(?m)^(  learning_rate: )\S+", rf"\g<1>{text}", source)
+    assert count == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(patched)
+    assert isinstance(yaml.safe_load(patched)["train"]["learning_rate"], (str, float))
+    p = params.load(path)
+    assert isinstance(p.train.learning_rate, float)
+    assert p.train.learning_rate == pytest.approx(float(text))
+
+
+def test_int_is_accepted_for_a_float():
+    assert params.validate(with_overrides(base_params(), {"train.learning_rate": 1})).train.learning_rate == 1.0
+
+
+# --- the file level ------------------------------------------------------------------------------
+
+BAD_FILES = [
+    ("yaml-syntax", "data:\n  source: bundled\n  val_size: [1, 2\n", "not valid YAML"),
+    ("yaml-tab", "train:\n\tepochs: 3\n", "not valid YAML"),
+    ("a-list", "- data\n- model\n", "expected a mapping"),
+    ("a-scalar", "42\n", "expected a mapping"),
+    ("empty", "", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("text, fragment", [case[1:] for case in BAD_FILES], ids=[case[0] for case in BAD_FILES])
+def test_bad_params_files(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(params.ParamsError) as caught:
+        params.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
+
+
+def test_yaml_error_gives_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  source: bundled\n  seed: [0\nmodel: {}\n")
+    with pytest.raises(params.ParamsError, match=r"line \d+"):
+        params.load(path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(params.ParamsError, match=r"nowhere\.yaml: cannot read params file"):
+        params.load(tmp_path / "nowhere.yaml")
+
+
+def test_params_does_not_import_tensorflow():
+    """A bad value must be reported fast: the schema module is free of TensorFlow."""
+    code = "import sys; import stages.params, stages.cli; print('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+# --- the stages' command lines -------------------------------------------------------------------
+
+
+def _output_options(stage: str) -> list[str]:
+    """The stage's path options other than --params, read from its --help (so new outputs are covered)."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    options = sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", done.stdout)) - {"--params", "--help"})
+    assert options
+    return options
+
+
+def _bad_params_file(tmp_path, overrides=None, text=None) -> Path:
+    path = tmp_path / "bad-params.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(with_overrides(base_params(), overrides)))
+    return path
+
+
+STAGE_CASES = [
+    ("train", {"train.learnig_rate": 0.01}, "train.learnig_rate"),
+    ("train", {"train.seed": 0.5}, "train.seed"),
+    ("train", {"train.optimizer": "adam", "train.nesterov": True}, "train.nesterov"),
+    ("prepare", {"data.val_size": -5}, "data.val_size"),
+    ("prepare", {"data.compression": "lzma"}, "data.compression"),
+    ("prepare", None, None),  # not YAML at all
+]
+
+
+@pytest.mark.parametrize(
+    "stage, overrides, key", STAGE_CASES, ids=[f"{s}-{k or 'yaml-error'}" for s, o, k in STAGE_CASES]
+)
+def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, stage, overrides, key):
+    params_path = _bad_params_file(tmp_path, overrides, text=None if overrides else "train: [unclosed\n")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    argv = [sys.executable, "-m", f"stages.{stage}", "--params", str(params_path)]
+    for option in _output_options(stage):
+        argv += [option, str(outputs / option.lstrip("-"))]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {params_path}: ")
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    if key:
+        assert _names_key(lines[0], key), lines[0]
+    else:
+        assert "not valid YAML" in lines[0]
+    assert list(outputs.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-params.yaml", "outputs"]
+
+
+def test_stage_missing_params_file_exits_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.prepare", "--params", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

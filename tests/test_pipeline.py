@@ -1,0 +1,248 @@
+"""The pipeline: dvc.yaml's declarations (fast), then end to end: `dvc repro` in a fresh git repo
+copied from this one, on small synthetic IDX data (slow, about 1.5 minutes: `python -m pytest -m slow`).
+"""
+import csv
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, idx_bytes, make_mnist, write_idx
+
+N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 1200, 300, 200, 500
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DVC_TIMEOUT = 600
+
+
+STAGES = ("prepare", "train", "evaluate", "export")
+def _load_dvc_yaml(root=REPO):
+    """dvc.yaml parsed, or the parse error."""
+    try:
+        return yaml.safe_load((root / "dvc.yaml").read_text()), None
+    except yaml.YAMLError as exc:
+        return None, exc
+
+
+def _declared(entries) -> set[str]:
+    """Paths of a deps/outs/metrics list, whose entries are strings or {path: options}."""
+    paths = set()
+    for entry in entries or []:
+        paths.update([entry] if isinstance(entry, str) else entry)
+    return paths
+
+
+def test_dvc_yaml_declares_the_pipeline():
+    """Fast: dvc.yaml parses; each stage runs its module, reads only its params sections, and declares
+    every path its command line names (inputs as deps, outputs as outs or metrics).
+
+    Regression: acca727 committed a dvc.yaml with plot entries pasted into evaluate's outs (invalid
+    YAML, every dvc command failed); fixed in b5f49fe."""
+    dvc_yaml, error = _load_dvc_yaml()
+    assert error is None, f"dvc.yaml is not valid YAML: {error}"
+    stages = dvc_yaml["stages"]
+    assert tuple(stages) == STAGES
+    for name, stage in stages.items():
+        cmd = " ".join(stage["cmd"].split())
+        assert cmd.startswith(f"python -m stages.{name} --params params.yaml"), cmd
+        deps = _declared(stage.get("deps"))
+        outs = _declared(stage.get("outs")) | _declared(stage.get("metrics"))
+        assert f"stages/{name}.py" in deps and "stages/params.py" in deps, name
+        assert not deps & outs, name
+        for option, path in re.findall(r"(--[a-z-]+) (\S+)", cmd):
+            if option != "--params":
+                assert path in deps | outs, f"stage {name}: {option} {path} is not declared"
+    assert stages["prepare"]["params"] == ["data"]
+    assert sorted(stages["train"]["params"]) == ["model", "train"]
+    assert "reports/metrics.json" in _declared(dvc_yaml["metrics"])
+    assert {"reports/metrics.json"} == _declared(stages["evaluate"]["metrics"])
+
+
+def _project_files() -> list[str]:
+    """The repo's files as a fresh clone (plus uncommitted work) has them: tracked, and untracked but not ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    return sorted(path for path in listed if path and (REPO / path).is_file())
+
+
+def _run(argv, cwd, timeout=DVC_TIMEOUT, check=True):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+    # the stages run as `python -m stages.<name>`: the python that runs the tests
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def _git(repo, *args):
+    return _run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main",
+         "-c", "commit.gpgsign=false", *args],
+        repo, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A fresh repo with small IDX data, after one `dvc repro`; yields (repo, data, first repro output)."""
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    files = _project_files()
+    assert ".dvc/config" in files and "dvc.yaml" in files and "params.yaml" in files
+    for path in files:
+        if path.startswith("tests/") or path == "dvc.lock":
+            continue  # the tests are not part of the pipeline; a stale lock would only be rewritten
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / path, repo / path)
+
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["data"].update(source="idx", idx_dir="data/raw", verify=False, val_size=VAL_SIZE, shard_size=SHARD_SIZE)
+    raw["model"]["hidden_units"] = [64]
+    raw["train"].update(epochs=2, batch_size=64)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    data = make_mnist(N_TRAIN, N_TEST, seed=11)
+    write_idx(repo / "data" / "raw", data, compress=True)
+
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "copy of mnist-mlp for the end-to-end test")
+    assert _git(repo, "status", "--porcelain").stdout == ""  # data/raw is ignored, nothing else left out
+
+    first = _run(["dvc", "repro"], repo)
+    return repo, data, first.stdout + first.stderr
+
+
+@pytest.mark.slow
+def test_stages_ran(pipeline):
+    _, _, output = pipeline
+    for stage in ("prepare", "train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in output, output
+
+
+@pytest.mark.slow
+def test_prepared_data(pipeline):
+    repo, data, _ = pipeline
+    meta = json.loads((repo / "data/prepared/meta.json").read_text())
+    counts = {name: entry["count"] for name, entry in meta["splits"].items()}
+    assert counts == {"train": N_TRAIN - VAL_SIZE, "val": VAL_SIZE, "test": N_TEST}
+    assert meta["source"] == "idx" and meta["verified_mnist"] is False
+    assert [len(meta["splits"][s]["shards"]) for s in ("train", "val", "test")] == [2, 1, 1]
+    total = np.add(meta["splits"]["train"]["class_counts"], meta["splits"]["val"]["class_counts"])
+    assert total.tolist() == np.bincount(data.train_labels, minlength=10).tolist()
+    assert meta["splits"]["test"]["class_counts"] == np.bincount(data.test_labels, minlength=10).tolist()
+    for entry in meta["splits"].values():
+        for shard in entry["shards"]:
+            assert (repo / "data/prepared" / shard["file"]).stat().st_size == shard["bytes"]
+
+
+@pytest.mark.slow
+def test_checkpoint(pipeline):
+    repo, _, _ = pipeline
+    checkpoint = repo / "artifacts/checkpoint"
+    assert checkpoint.is_dir()
+    assert json.loads((checkpoint / "model.json").read_text())["hidden_units"] == [64]
+    assert any(p.name.startswith("ckpt") for p in checkpoint.iterdir())
+    assert (repo / "reports/train/metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_metrics_contract(pipeline):
+    repo, _, _ = pipeline
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(metrics) == {"test", "val"}
+    for split, values in metrics.items():
+        assert set(values) == {"accuracy", "loss", "macro_f1", "errors"}, split
+        for name, value in values.items():
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), (split, name)
+        assert 0.0 <= values["accuracy"] <= 1.0 and 0.0 <= values["macro_f1"] <= 1.0
+        assert values["loss"] >= 0 and isinstance(values["errors"], int)
+    assert metrics["test"]["errors"] == round((1 - metrics["test"]["accuracy"]) * N_TEST)
+    assert metrics["val"]["errors"] == round((1 - metrics["val"]["accuracy"]) * VAL_SIZE)
+    assert metrics["test"]["accuracy"] >= 0.9  # the synthetic classes are easy
+
+
+@pytest.mark.slow
+def test_predictions_csv(pipeline):
+    repo, data, _ = pipeline
+    with open(repo / "reports/predictions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["actual", "predicted"]
+    assert len(rows) == N_TEST + 1
+    actual = sorted(int(r[0]) for r in rows[1:])
+    assert actual == sorted(data.test_labels.tolist())
+    assert all(0 <= int(r[1]) <= 9 for r in rows[1:])
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert sum(r[0] != r[1] for r in rows[1:]) == metrics["test"]["errors"]
+
+
+@pytest.mark.slow
+def test_confusion_matrix_png(pipeline):
+    repo, _, _ = pipeline
+    assert (repo / "reports/confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_export_report_and_saved_model(pipeline, tf):
+    repo, data, _ = pipeline
+    report = json.loads((repo / "reports/export.json").read_text())
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert report["reproduces_evaluate"] is True
+    assert report["test_accuracy_saved_model"] == report["test_accuracy_evaluate"] == metrics["test"]["accuracy"]
+
+    serve = tf.saved_model.load(str(repo / "artifacts/saved_model")).signatures["serving_default"]
+    out = serve(images=tf.constant(data.test_images))
+    assert out["probabilities"].dtype == tf.float32 and out["probabilities"].shape == (N_TEST, 10)
+    assert out["class_ids"].dtype == tf.int64 and out["class_ids"].shape == (N_TEST,)
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+    accuracy = float(np.mean(out["class_ids"].numpy() == data.test_labels))
+    assert round(accuracy, 6) == metrics["test"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing_and_metrics_show(pipeline):
+    repo, _, _ = pipeline
+    second = _run(["dvc", "repro"], repo)
+    output = second.stdout + second.stderr
+    assert "Running stage" not in output, output
+    assert "up to date" in output or "didn't change" in output, output
+
+    shown = _run(["dvc", "metrics", "show"], repo).stdout
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert "reports/metrics.json" in shown
+    assert re.search(rf"(?<![\d.]){re.escape(str(metrics['test']['accuracy']))}(?!\d)", shown), shown
+
+
+@pytest.mark.slow
+def test_prepare_again_is_byte_identical(pipeline):
+    """Forcing prepare to run again gives the same bytes, so nothing downstream is out of date."""
+    repo, _, _ = pipeline
+    before = (repo / "dvc.lock").read_text()
+    _run(["dvc", "repro", "--force", "--single-item", "prepare"], repo)
+    assert (repo / "dvc.lock").read_text() == before
+    status = _run(["dvc", "status"], repo).stdout
+    assert "up to date" in status, status
+
+
+@pytest.mark.slow
+def test_new_raw_data_makes_prepare_stale(pipeline):
+    """data/raw (data.idx_dir) is a dependency of prepare: replacing an IDX file reruns the pipeline."""
+    repo, data, _ = pipeline
+    path = repo / "data/raw/t10k-labels-idx1-ubyte.gz"
+    original = path.read_bytes()
+    labels = (data.test_labels + 1) % 10  # same size, other labels
+    try:
+        path.write_bytes(gzip.compress(idx_bytes(labels, images=False)))
+        status = _run(["dvc", "status"], repo).stdout
+        assert "prepare" in status and "data/raw" in status, status
+    finally:
+        path.write_bytes(original)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout

@@ -1,0 +1,222 @@
+"""The custom training loop on tiny synthetic data: it learns, it is reproducible, it catches divergence,
+and n steps in one tf.function call equal n calls of one step."""
+import numpy as np
+import pytest
+
+from conftest import PLAIN_TRAIN, make_params, make_split
+from stages import cli
+
+pytestmark = pytest.mark.usefixtures("tf")
+
+TINY = dict(
+    PLAIN_TRAIN,
+    model__hidden_units=[32],
+    train__epochs=3,
+    train__batch_size=32,
+    train__steps_per_call=4,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_x, train_y = make_split(512, seed=0)
+    val_x, val_y = make_split(128, seed=5)
+    return (train_x.reshape(-1, 784), train_y), (val_x.reshape(-1, 784), val_y)
+
+
+def _run(data, seed_everything=True, **overrides):
+    import tensorflow as tf
+
+    from stages import training
+
+    p = make_params(**{**TINY, **overrides})
+    if seed_everything:  # as stages/train.py does
+        tf.keras.utils.set_random_seed(p.train.seed)
+    records = []
+    result = training.run(*data, p.model, p.train, on_epoch=records.append)
+    return p, result, records
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager-graph", "xla"])
+def test_run_learns_the_synthetic_classes(data, jit_compile):
+    from stages import training
+
+    p, result, records = _run(data, train__jit_compile=jit_compile)
+    history = result.history
+    assert records == history
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert history[-1]["val_accuracy"] >= 0.95
+    assert max(r["val_accuracy"] for r in history) == result.best_val_accuracy
+    assert history[result.best_epoch - 1]["val_accuracy"] == result.best_val_accuracy
+    for r in history:
+        assert set(r) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+        assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["loss"])
+        assert r["learning_rate"] == pytest.approx(p.train.learning_rate)
+    # The returned model is the best epoch's.
+    _, accuracy = training.evaluate_arrays(result.model, *data[1])
+    assert accuracy == result.best_val_accuracy
+
+
+def test_run_keeps_the_best_epoch_not_the_last(data):
+    """With a schedule that wrecks the last epochs, the returned weights are those of the best epoch."""
+    from stages import training
+
+    # sgd at a high rate with warm-up: epoch 1 learns, later epochs blow up towards chance level
+    p, result, _ = _run(data, train__optimizer="sgd", train__learning_rate=5.0, train__epochs=3, train__warmup_epochs=1)
+    accuracies = [r["val_accuracy"] for r in result.history]
+    _, accuracy = training.evaluate_arrays(result.model, *data[1])
+    assert accuracy == max(accuracies) == result.best_val_accuracy
+    assert result.best_epoch == 1 + int(np.argmax(accuracies))
+
+
+def test_schedule_and_regularisers_run(data):
+    """Every train.* option switched on at once: cosine with warm-up ends at lr 0, and it still learns."""
+    _, result, _ = _run(
+        data,
+        train__epochs=4,
+        train__lr_schedule="cosine",
+        train__warmup_epochs=1,
+        train__learning_rate=0.003,
+        train__label_smoothing=0.1,
+        train__dropout_input=0.1,
+        train__dropout_hidden=0.2,
+        train__max_norm=3.0,
+        train__augment_shift=1,
+        train__weight_decay=0.01,
+        train__jit_compile=False,
+    )
+    assert result.history[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    assert result.history[0]["learning_rate"] == pytest.approx(0.003 * 0.5 * (1 + np.cos(0)), rel=1e-5)
+    assert result.best_val_accuracy >= 0.9
+    for w in result.model.weights[:-1]:
+        assert np.linalg.norm(w.numpy(), axis=0).max() <= 3.0 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager-graph", "xla"])
+def test_same_params_same_weights(data, deterministic_ops, jit_compile):
+    overrides = dict(train__jit_compile=jit_compile, train__dropout_hidden=0.2, train__augment_shift=1, train__epochs=2)
+    _, first, _ = _run(data, **overrides)
+    _, second, _ = _run(data, **overrides)
+    assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
+    for a, b in zip(first.model.trainable_variables, second.model.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    if jit_compile:
+        return  # another XLA compile buys nothing more
+    # and the seed matters
+    _, other, _ = _run(data, train__seed=1, **overrides)
+    assert not np.array_equal(first.model.weights[0].numpy(), other.model.weights[0].numpy())
+
+
+def test_enormous_learning_rate_is_reported_as_divergence(data):
+    with pytest.raises(cli.UserError, match="diverged") as caught:
+        _run(data, model__hidden_units=[32, 32, 32], train__learning_rate=1e6, train__jit_compile=False)
+    message = str(caught.value)
+    assert "train.learning_rate" in message and "epoch 1" in message
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_exploding_but_finite_loss_is_reported_as_divergence(data, optimizer):
+    with pytest.raises(cli.UserError, match="diverged"):
+        _run(data, train__learning_rate=1e6, train__optimizer=optimizer, train__jit_compile=False)
+
+
+def _trainer(data, p, batch_size=32):
+    from stages import training
+    from stages.model import MLP
+
+    train_x, train_y = data[0]
+    model = MLP(p.model.hidden_units, seed=p.train.seed)
+    iterator = iter(training.batches(train_x, train_y, batch_size, p.train.seed))
+    return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, iterator)
+
+
+@pytest.mark.parametrize(
+    "jit_compile, atol", [(False, 1e-6), (True, 1e-5)], ids=["eager-graph", "xla"]
+)
+def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
+    """steps(n) in one call must do exactly what n calls of steps(1) do: same batches, same per-step
+    randomness (dropout, shifts: seeded by the step counter, which must not be frozen at trace time)."""
+    import tensorflow as tf
+
+    p = make_params(
+        **{
+            **TINY,
+            "train__jit_compile": jit_compile,
+            "train__dropout_input": 0.1,
+            "train__dropout_hidden": 0.2,
+            "train__augment_shift": 2,
+            "train__label_smoothing": 0.1,
+            "train__max_norm": 2.0,
+            "train__lr_schedule": "cosine",
+        }
+    )
+    n = 6
+    together, apart = _trainer(data, p), _trainer(data, p)
+    losses_together, correct_together = together.steps(tf.constant(n, tf.int32))
+    losses_apart, correct_apart = [], 0
+    for _ in range(n):
+        losses, correct = apart.steps(tf.constant(1, tf.int32))
+        losses_apart.append(losses.numpy())
+        correct_apart += int(correct)
+    assert int(together.optimizer.iterations) == int(apart.optimizer.iterations) == n
+    assert losses_together.shape == (n,)
+    np.testing.assert_allclose(losses_together.numpy(), np.concatenate(losses_apart), rtol=0, atol=atol)
+    assert abs(int(correct_together) - correct_apart) <= (0 if not jit_compile else 1)
+    for a, b in zip(together.model.trainable_variables, apart.model.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=atol)
+    if jit_compile:
+        return  # each trainer costs an XLA compile: the split below is covered without it
+    # a third trainer taking 3 + 3 steps lands on the same weights as well
+    third = _trainer(data, p)
+    third.steps(tf.constant(3, tf.int32))
+    third.steps(tf.constant(3, tf.int32))
+    for a, b in zip(together.model.trainable_variables, third.model.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=atol)
+
+
+def test_batches_are_full_and_each_epoch_a_fresh_permutation():
+    from stages import training
+
+    n, batch_size = 100, 32
+    labels = np.arange(n, dtype=np.int64)
+    images = np.zeros([n, 784], np.uint8)
+    iterator = iter(training.batches(images, labels, batch_size, seed=0))
+    epochs = []
+    for _ in range(2):
+        seen = []
+        for _ in range(n // batch_size):
+            batch_images, batch_labels = next(iterator)
+            assert batch_images.shape == (batch_size, 784) and batch_images.dtype == np.uint8
+            seen.extend(batch_labels.numpy().tolist())
+        assert len(set(seen)) == len(seen) == 96  # no repeats within an epoch; the partial batch is dropped
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]
+    again = iter(training.batches(images, labels, batch_size, seed=0))
+    assert next(again)[1].numpy().tolist() == epochs[0][:batch_size]
+
+
+def test_shift_images_moves_pixels(tf):
+    from stages import training
+
+    image = np.zeros([28, 28], np.float32)
+    image[10:14, 10:14] = 1.0
+    x = tf.constant(np.tile(image.reshape(1, 784), [64, 1]))
+    shifted = training.shift_images(x, 2, tf.constant([0, 1], tf.int64)).numpy().reshape(-1, 28, 28)
+    assert shifted.shape == (64, 28, 28)
+    np.testing.assert_array_equal(shifted.sum(axis=(1, 2)), 16.0)  # nothing falls off the edge here
+    rows = [np.argwhere(s)[:, 0].min() for s in shifted]
+    cols = [np.argwhere(s)[:, 1].min() for s in shifted]
+    assert set(rows) == set(cols) == {8, 9, 10, 11, 12}
+    assert training.shift_images(x, 0, tf.constant([0, 1], tf.int64)).numpy().tolist() == x.numpy().tolist()
+
+
+def test_softmax_cross_entropy_with_label_smoothing(tf):
+    from stages import training
+
+    logits = tf.constant([[2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]])
+    labels = tf.constant([0], tf.int64)
+    log_probs = tf.nn.log_softmax(logits).numpy()[0]
+    assert float(training.softmax_cross_entropy(logits, labels)) == pytest.approx(-log_probs[0], rel=1e-6)
+    smoothed = -(0.9 + 0.01) * log_probs[0] - 0.01 * log_probs[1:].sum()
+    assert float(training.softmax_cross_entropy(logits, labels, 0.1)) == pytest.approx(smoothed, rel=1e-6)
