@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -43,6 +44,7 @@ def training_curves(history: list[dict], best_epoch: int, path) -> None:
         ax.plot(epochs, [r["val_" + key] for r in history], "o-", ms=3, label="validation")
         ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -56,7 +58,7 @@ def training_curves(history: list[dict], best_epoch: int, path) -> None:
 def digit_grid(images: np.ndarray, captions: list[str], path, title: str, columns: int = 10, colors=None) -> None:
     """A grid of 28x28 digits (white on black, as the model sees them), each with a caption."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.15, rows * 1.35))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.15, rows * 1.6))
     for index, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if index < len(images):

@@ -80,6 +80,8 @@ class Trainer(tf.Module):
         self.optimizer.apply(grads, self.variables_to_train, lr)
         if cfg.max_norm:
             self.model.apply_max_norm(cfg.max_norm)
+        if cfg.label_smoothing:  # report the plain cross-entropy, comparable with the validation loss
+            loss = softmax_cross_entropy(logits, labels)
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == labels, tf.int64))
         return loss, correct
 
