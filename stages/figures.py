@@ -49,7 +49,7 @@ def training_curves(history: list[dict], best_epoch: int, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     loss_ax.set_yscale("log")
-    acc_ax.set_ylim(max(0.0, min(r["val_accuracy"] for r in history) - 0.01), 1.0)
+    acc_ax.set_ylim(max(0.0, min(min(r["accuracy"], r["val_accuracy"]) for r in history) - 0.01), 1.0)
     best = next(r for r in history if r["epoch"] == best_epoch)
     fig.suptitle(f"Training curves: best validation accuracy {best['val_accuracy']:.2%} at epoch {best_epoch}")
     _save(fig, path)

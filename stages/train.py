@@ -68,7 +68,7 @@ def main(argv=None) -> None:
                     live.log_metric(f"{split}/loss", record[prefix + "loss"])
                     live.log_metric(f"{split}/accuracy", record[prefix + "accuracy"])
                 live.log_metric("learning_rate", record["learning_rate"])
-                live.next_step()
+                live.sync()  # not next_step(): the step is the epoch, set above
 
             result = training.run(train_data, val_data, p.model, p.train, on_epoch, progress if bar else None)
             live.summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}

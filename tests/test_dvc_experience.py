@@ -1,0 +1,298 @@
+"""What a user sees of DVC (issue #6): `dvc exp run -S`, `dvc exp show`, `dvc params diff`,
+`dvc metrics diff`, `dvc plots show/diff`, and the plots page rendered offline in headless Chromium.
+
+Runs in a fresh git repo copied from this one, on tiny synthetic IDX data: `dvc repro`, commit,
+`dvc exp run -S train.learning_rate=0.003` (slow, about 2.5 minutes: `python -m pytest -m slow`).
+The Chromium test needs /usr/bin/chromium (or $CHROMIUM) and `npm ci` at the repo root; it is
+skipped, with the reason, when either is missing.
+"""
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from conftest import REPO, make_mnist, write_idx
+from test_pipeline import _git, _project_files, _run
+
+pytestmark = pytest.mark.slow
+
+N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 600, 200, 100, 500
+BASE_LR, EXP_LR = 0.001, 0.003
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VEGA_PLOTS = {  # div id DVC derives from the plot's title -> title
+    "Loss_per_epoch": "Loss per epoch",
+    "Accuracy_per_epoch": "Accuracy per epoch",
+    "Confusion_matrix__test_": "Confusion matrix (test)",
+}
+IMAGES = ("confusion_matrix", "training_curves", "misclassified", "samples")  # reports/<name>.png
+VEGA_FILES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
+DVC_PURPLE = (0x94, 0x5D, 0xD6)  # colour of the `workspace` curves in DVC's plot templates
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    """A fresh repo with tiny IDX data after `dvc repro`, a commit, and `dvc exp run -S train.learning_rate=0.003`.
+
+    Yields repo, the baseline's and the experiment's reports/metrics.json, the experiment's name and the
+    `dvc exp run` output."""
+    repo = tmp_path_factory.mktemp("dvc_exp") / "repo"
+    for path in _project_files():
+        if path.startswith("tests/") or path == "dvc.lock":
+            continue
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / path, repo / path)
+
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["data"].update(source="idx", idx_dir="data/raw", verify=False, val_size=VAL_SIZE, shard_size=SHARD_SIZE)
+    raw["model"]["hidden_units"] = [16]
+    raw["train"].update(epochs=2, batch_size=32, learning_rate=BASE_LR)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_idx(repo / "data" / "raw", make_mnist(N_TRAIN, N_TEST, seed=5), compress=True)
+
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "copy of mnist-mlp")
+    _run(["dvc", "repro"], repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "baseline")
+    assert _git(repo, "status", "--porcelain").stdout == ""
+    baseline = json.loads((repo / "reports/metrics.json").read_text())
+
+    done = _run(["dvc", "exp", "run", "-S", f"train.learning_rate={EXP_LR}"], repo)
+    output = done.stdout + done.stderr
+    name = re.search(r"Ran experiment\(s\): (\S+)", output)
+    assert name, output
+    yield SimpleNamespace(
+        repo=repo, baseline=baseline, metrics=json.loads((repo / "reports/metrics.json").read_text()),
+        name=name.group(1), output=output,
+    )
+
+
+def _json(argv, repo):
+    return json.loads(_run(argv, repo).stdout)
+
+
+def test_exp_run_reruns_only_what_train_params_feed(exp):
+    assert "Stage 'prepare' didn't change, skipping" in exp.output, exp.output
+    for stage in ("train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in exp.output, exp.output
+    assert f"lr {EXP_LR:g}" in exp.output  # train's start line: the override reached the stage
+    assert "Experiment results have been applied to your workspace" in exp.output
+    assert yaml.safe_load((exp.repo / "params.yaml").read_text())["train"]["learning_rate"] == EXP_LR
+    assert "up to date" in _run(["dvc", "status"], exp.repo).stdout
+
+
+def test_exp_show_lists_the_experiment(exp):
+    shown = _json(["dvc", "exp", "show", "--json"], exp.repo)
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    assert baseline["name"] == "main"
+    experiments = [rev for group in baseline["experiments"] or [] for rev in group["revs"]]
+    assert [rev["name"] for rev in experiments] == [exp.name]
+
+    def lr_and_metrics(data):
+        return (
+            data["params"]["params.yaml"]["data"]["train"]["learning_rate"],
+            data["metrics"]["reports/metrics.json"]["data"],
+        )
+
+    assert lr_and_metrics(baseline["data"]) == (BASE_LR, exp.baseline)
+    assert lr_and_metrics(experiments[0]["data"]) == (EXP_LR, exp.metrics)
+
+    rows = {row["Experiment"] or row["rev"]: row
+            for row in csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], exp.repo).stdout))}
+    assert {"workspace", "main", exp.name} <= set(rows)
+    for rev, lr, metrics in (("main", BASE_LR, exp.baseline), (exp.name, EXP_LR, exp.metrics)):
+        assert float(rows[rev]["train.learning_rate"]) == lr
+        assert float(rows[rev]["test.accuracy"]) == metrics["test"]["accuracy"]
+
+    narrow = _run(["dvc", "exp", "show", "--only-changed", "--md"], exp.repo).stdout
+    header = narrow.splitlines()[0]
+    assert "train.learning_rate" in header and "test.accuracy" in header, narrow
+    assert "train.epochs" not in header and "model.hidden_units" not in header, narrow  # unchanged: left out
+    assert exp.name in narrow
+
+
+def test_params_diff_against_the_last_commit(exp):
+    expected = {"params.yaml": {"train.learning_rate": {"old": BASE_LR, "new": EXP_LR, "diff": pytest.approx(EXP_LR - BASE_LR)}}}
+    assert _json(["dvc", "params", "diff", "--json"], exp.repo) == expected  # workspace (the applied exp) vs HEAD
+    assert _json(["dvc", "params", "diff", "HEAD", exp.name, "--json"], exp.repo) == expected
+    assert _json(["dvc", "exp", "diff", "--json"], exp.repo)["params"] == expected
+
+    text = _run(["dvc", "params", "diff"], exp.repo).stdout
+    assert re.search(rf"params\.yaml\s+train\.learning_rate\s+{BASE_LR}\s+{EXP_LR}\b", text), text
+
+
+def test_metrics_diff_shows_test_accuracy(exp):
+    old, new = exp.baseline["test"]["accuracy"], exp.metrics["test"]["accuracy"]
+    assert old != new  # three times the learning rate moves the tiny model
+    for argv in (["dvc", "metrics", "diff", "--json"], ["dvc", "metrics", "diff", "HEAD", exp.name, "--json"]):
+        diff = _json(argv, exp.repo)["reports/metrics.json"]
+        assert (diff["test.accuracy"]["old"], diff["test.accuracy"]["new"]) == (old, new), argv
+    text = _run(["dvc", "metrics", "diff"], exp.repo).stdout
+    assert re.search(rf"reports/metrics\.json\s+test\.accuracy\s+{old}\s+{new}\s", text), text
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+
+def _vega_specs(html: str) -> dict:
+    """{div id: Vega-Lite spec} of a page written by `dvc plots show/diff`."""
+    found = re.findall(r"var spec = (\{.*?\});\s*vegaEmbed\('#([^']+)', spec\)", html, re.S)
+    return {div: json.loads(spec) for spec, div in found}
+
+
+def _check_page(out_dir, revs: list[str], exp):
+    """The page in `out_dir` has the three Vega-Lite plots with the data of `revs`, and the PNGs of each."""
+    html = (out_dir / "index.html").read_text()
+    for library in VEGA_FILES:  # the committed template: local Vega first, so the page works offline
+        assert f'<script src="../node_modules/{library}">' in html
+    specs = _vega_specs(html)
+    assert {div: spec["title"]["text"] for div, spec in specs.items()} == VEGA_PLOTS
+
+    for div, key in (("Loss_per_epoch", "loss"), ("Accuracy_per_epoch", "accuracy")):
+        values = specs[div]["data"]["values"]
+        assert {(row["rev"], row["filename"]) for row in values} == {
+            (rev, f"{split}/{key}.tsv") for rev in revs for split in ("train", "val")
+        }, div
+        assert sorted(int(row["step"]) for row in values if row["rev"] == revs[0] and row["filename"].startswith("val")) == [1, 2]
+        assert specs[div]["encoding"]["x"]["title"] == "epoch"
+    workspace_val_loss = [float(row["loss"]) for row in specs["Loss_per_epoch"]["data"]["values"]
+                          if row["rev"] == "workspace" and row["filename"] == "val/loss.tsv"]
+    assert min(abs(v - exp.metrics["val"]["loss"]) for v in workspace_val_loss) < 1e-4  # the kept epoch
+
+    confusion = specs["Confusion_matrix__test_"]["data"]["values"]
+    for rev in revs:
+        rows = [row for row in confusion if row["rev"] == rev]
+        assert len(rows) == N_TEST, rev
+    errors = sum(row["actual"] != row["predicted"] for row in confusion if row["rev"] == "workspace")
+    assert errors == exp.metrics["test"]["errors"]
+
+    for name in IMAGES:
+        for rev in revs:
+            image = f"static/{rev}_reports_{name}.png"
+            assert f'<img src="{image}">' in html, image
+            assert (out_dir / image).read_bytes()[:8] == PNG_MAGIC, image
+    assert (out_dir / "static/workspace_reports_confusion_matrix.png").read_bytes() == (
+        exp.repo / "reports/confusion_matrix.png").read_bytes()
+    return html
+
+
+@pytest.fixture(scope="module")
+def plots(exp):
+    """`dvc plots show` into dvc_plots/ and `dvc plots diff` (workspace vs HEAD) into dvc_plots_diff/."""
+    shown = _run(["dvc", "plots", "show"], exp.repo).stdout
+    diffed = _run(["dvc", "plots", "diff", "-o", "dvc_plots_diff"], exp.repo).stdout
+    return SimpleNamespace(show=exp.repo / "dvc_plots", diff=exp.repo / "dvc_plots_diff", outputs=(shown, diffed))
+
+
+def test_plots_show(exp, plots):
+    assert f"file://{plots.show / 'index.html'}" in plots.outputs[0]
+    _check_page(plots.show, ["workspace"], exp)
+
+
+def test_plots_diff(exp, plots):
+    assert f"file://{plots.diff / 'index.html'}" in plots.outputs[1]
+    _check_page(plots.diff, ["workspace", "HEAD"], exp)
+
+
+# --- the page in a browser ---------------------------------------------------------------------------
+
+
+def _chromium():
+    candidates = [os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def _headless(chromium, profile, page, *args):
+    """One headless Chromium run on a file:// page, with the network unreachable (the CDN scripts of
+    DVC's template fail at once, so only the local node_modules can draw the charts)."""
+    argv = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+        "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+        *args, page.as_uri(),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def _rendered_charts(dom: str) -> dict:
+    """{div id: the chart element vega-embed drew in it (`<canvas ... class="marks">` or `<svg ...>`)}."""
+    found = {}
+    starts = sorted((dom.index(f'id="{div}"'), div) for div in VEGA_PLOTS if f'id="{div}"' in dom)
+    for (start, div), (end, _) in zip(starts, starts[1:] + [(len(dom), None)]):
+        chart = re.search(r'<(?:canvas|svg)\b[^>]*\bclass="marks"[^>]*>', dom[start:end])
+        if chart and 'class="vega-embed' in dom[start:end]:
+            found[div] = chart.group(0)
+    return found
+
+
+def test_plots_render_offline_in_chromium(exp, plots, tmp_path):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (/usr/bin/chromium or $CHROMIUM): `apt-get install chromium` to run the render check")
+    if not all((REPO / "node_modules" / f).is_file() for f in VEGA_FILES):
+        pytest.skip("no Vega in node_modules: run `npm ci` at the repo root to run the render check")
+    link = exp.repo / "node_modules"
+    if not link.exists():
+        link.symlink_to(REPO / "node_modules", target_is_directory=True)  # ../node_modules from dvc_plots/
+
+    for out_dir, revs in ((plots.show, 1), (plots.diff, 2)):
+        dom = _headless(chromium, tmp_path / f"profile-{revs}", out_dir / "index.html", "--dump-dom")
+        charts = _rendered_charts(dom)
+        assert set(charts) == set(VEGA_PLOTS), f"charts drawn: {sorted(charts)}\n{dom[:3000]}"
+        for div, element in charts.items():
+            size = re.search(r'width="(\d+)" height="(\d+)"', element)
+            assert size is None or min(map(int, size.groups())) > 100, (div, element)
+        assert len(re.findall(r'<img src="static/\w+\.png">', dom)) == len(IMAGES) * revs
+
+    shot = tmp_path / "dvc_plots.png"
+    _headless(chromium, tmp_path / "profile-shot", plots.show / "index.html",
+              f"--screenshot={shot}", "--window-size=1400,3000")
+    from PIL import Image
+    import numpy as np
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (3000, 1400, 3)
+    purple = (np.abs(pixels - np.array(DVC_PURPLE)).max(axis=2) <= 40).sum()
+    assert purple > 300, f"the workspace curves are not on the screenshot ({purple} purple pixels): {shot}"
+    print(f"screenshot: {shot}")
+
+
+# --- a misspelt key ------------------------------------------------------------------------------------
+
+
+def test_misspelt_param_is_refused(exp):
+    """`-S train.learnig_rate=…` is refused by DVC itself (Hydra: the key must exist); with the `+` that DVC
+    then suggests, the key lands in params.yaml and the params schema refuses it in one line."""
+    repo = exp.repo
+    params_before = (repo / "params.yaml").read_text()
+    try:
+        plain = _run(["dvc", "exp", "run", "-S", "train.learnig_rate=0.003"], repo, check=False)
+        output = plain.stdout + plain.stderr
+        assert plain.returncode != 0, output
+        assert "Could not override 'train.learnig_rate'" in output and "+train.learnig_rate" in output, output
+        assert "Running stage" not in output and (repo / "params.yaml").read_text() == params_before
+
+        added = _run(["dvc", "exp", "run", "-S", "+train.learnig_rate=0.003"], repo, check=False)
+        output = added.stdout + added.stderr
+        assert added.returncode != 0, output
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert errors == ["error: params.yaml: unknown key train.learnig_rate (did you mean train.learning_rate?)"], output
+        assert "Traceback" not in output and "Running stage 'evaluate'" not in output, output
+        assert "learnig_rate" in (repo / "params.yaml").read_text()  # DVC wrote the key; the schema caught it
+    finally:
+        # DVC removed train's outputs before running it: put the applied experiment back
+        (repo / "params.yaml").write_text(params_before)
+        _run(["dvc", "checkout"], repo)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    assert json.loads((repo / "reports/metrics.json").read_text()) == exp.metrics
