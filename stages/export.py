@@ -53,10 +53,11 @@ def main(argv=None) -> None:
     expected = evaluated_test_accuracy(args.metrics)
 
     tf = cli.import_tensorflow()
-    from stages import model as mlp
+    from stages import model as mlp, records
     from stages.serving import serving_module
 
     module = serving_module(mlp.restore(args.checkpoint))
+    records.read_split(args.data, "test")  # a bad test split is reported here, not as the fresh process's failure
     with atomic.output_path(args.out, is_dir=True) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         found = check_in_fresh_process(tmp, args.data)

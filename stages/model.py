@@ -1,5 +1,6 @@
 """The multilayer perceptron, TensorFlow Core style: one weight and one bias tf.Variable per layer."""
 import json
+import re
 from pathlib import Path
 
 import tensorflow as tf
@@ -83,14 +84,18 @@ def restore(folder: str | Path) -> MLP:
     fix = "rerun `dvc repro train`"
     try:
         arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
-        model = MLP(arch["hidden_units"], seed=0)
+        units = arch["hidden_units"]
+        if not isinstance(units, list) or not units or not all(type(u) is int and u > 0 for u in units):
+            raise ValueError(f"hidden_units {units!r} is not a list of positive integers")
+        model = MLP(units, seed=0)
     except FileNotFoundError:
         raise UserError(f"{folder / ARCHITECTURE_FILE}: not found; {fix}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{folder / ARCHITECTURE_FILE}: unreadable ({exc}); {fix}") from None
     try:
         tf.train.Checkpoint(model=model).read(str(folder / "ckpt")).assert_existing_objects_matched().expect_partial()
-    except (tf.errors.OpError, AssertionError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160]
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:  # IndexError: a truncated ckpt.data
+        # TensorFlow prefixes op errors with "{{function_node __wrapped__...}}": internals, not news to the user
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip().splitlines()[0][:160]
         raise UserError(f"{folder}: cannot restore the checkpoint ({reason}); {fix}") from None
     return model

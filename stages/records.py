@@ -84,6 +84,8 @@ def read_meta(folder: str | Path) -> dict:
         raise UserError(f"{path}: unreadable ({exc}); {_FIX}") from None
     if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path}: not schema version {SCHEMA_VERSION}; {_FIX}")
+    if meta.get("compression") not in _TF_COMPRESSION:
+        raise UserError(f"{path}: unknown compression {meta.get('compression')!r}; {_FIX}")
     return meta
 
 
@@ -91,17 +93,16 @@ def verified_shards(folder: str | Path, split: str, meta: dict) -> list[str]:
     """The split's shard paths, after checking each one's size and sha256 against meta.json."""
     folder = Path(folder)
     try:
-        shards = meta["splits"][split]["shards"]
+        shards = [(folder / shard["file"], shard["bytes"], shard["sha256"]) for shard in meta["splits"][split]["shards"]]
     except (KeyError, TypeError):
-        raise UserError(f"{folder / META_FILE}: no '{split}' split listed; {_FIX}") from None
+        raise UserError(f"{folder / META_FILE}: no valid '{split}' split listed; {_FIX}") from None
     paths = []
-    for shard in shards:
-        path = folder / shard["file"]
+    for path, size, sha256 in shards:
         if not path.is_file():
             raise UserError(f"{path}: missing; {_FIX}")
-        if path.stat().st_size != shard["bytes"]:
-            raise UserError(f"{path}: {path.stat().st_size} bytes, meta.json says {shard['bytes']} (damaged); {_FIX}")
-        if sha256_file(path) != shard["sha256"]:
+        if path.stat().st_size != size:
+            raise UserError(f"{path}: {path.stat().st_size} bytes, meta.json says {size} (damaged); {_FIX}")
+        if sha256_file(path) != sha256:
             raise UserError(f"{path}: sha256 differs from meta.json (damaged); {_FIX}")
         paths.append(str(path))
     return paths
