@@ -39,7 +39,7 @@ def test_accuracy(saved_model: str, data: str, batch_size: int = 1000) -> dict:
     images, labels = records.read_split(data, "test")
     try:
         serve = tf.saved_model.load(saved_model).signatures["serving_default"]
-    except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, tf.errors.OpError) as exc:  # IndexError: truncated variables
         raise cli.UserError(f"{saved_model}: cannot load the SavedModel ({str(exc).splitlines()[0][:160]}); rerun `dvc repro export`") from None
     predicted = np.concatenate([
         serve(images=tf.constant(images[i : i + batch_size].reshape(-1, 28, 28)))["class_ids"].numpy()
