@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import REPO, make_mnist, write_idx
-from test_pipeline import _git, _project_files, _run
+from conftest import REPO, make_mnist
+from test_pipeline import _git, _run, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +43,11 @@ def exp(tmp_path_factory):
     Yields repo, the baseline's and the experiment's reports/metrics.json, the experiment's name and the
     `dvc exp run` output."""
     repo = tmp_path_factory.mktemp("dvc_exp") / "repo"
-    for path in _project_files():
-        if path.startswith("tests/") or path == "dvc.lock":
-            continue
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / path, repo / path)
-
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["data"].update(source="idx", idx_dir="data/raw", verify=False, val_size=VAL_SIZE, shard_size=SHARD_SIZE)
-    raw["model"]["hidden_units"] = [16]
-    raw["train"].update(epochs=2, batch_size=32, learning_rate=BASE_LR)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    write_idx(repo / "data" / "raw", make_mnist(N_TRAIN, N_TEST, seed=5), compress=True)
-
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "copy of mnist-mlp")
+    tiny_repo(
+        repo, make_mnist(N_TRAIN, N_TEST, seed=5), "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE), model=dict(hidden_units=[16]),
+        train=dict(epochs=2, batch_size=32, learning_rate=BASE_LR),
+    )
     _run(["dvc", "repro"], repo)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "baseline")

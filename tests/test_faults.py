@@ -787,23 +787,14 @@ def _files(folder: Path) -> dict:
 
 @pytest.mark.slow
 def test_repro_force_gives_identical_hashes(tmp_path):
-    from test_pipeline import _git, _project_files, _run
+    from test_pipeline import _run, tiny_repo
 
     repo = tmp_path / "repo"
-    for path in _project_files():
-        if path.startswith("tests/") or path == "dvc.lock":
-            continue
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / path, repo / path)
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["data"].update(source="idx", idx_dir="data/raw", verify=False, val_size=VAL_SIZE, shard_size=SHARD_SIZE)
-    raw["model"]["hidden_units"] = [16]
-    raw["train"].update(epochs=2, batch_size=32)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    write_idx(repo / "data" / "raw", make_mnist(N_TRAIN, N_TEST, seed=3), compress=True)
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "copy of mnist-mlp for the determinism test")
+    tiny_repo(
+        repo, make_mnist(N_TRAIN, N_TEST, seed=3), "copy of mnist-mlp for the determinism test",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE), model=dict(hidden_units=[16]),
+        train=dict(epochs=2, batch_size=32),
+    )
 
     _run(["dvc", "repro"], repo)
     first_lock = _lock_outputs((repo / "dvc.lock").read_text())

@@ -91,10 +91,10 @@ def _git(repo, *args):
     )
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A fresh repo with small IDX data, after one `dvc repro`; yields (repo, data, first repro output)."""
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+def tiny_repo(repo, data, message: str, **sections) -> None:
+    """A git repo at `repo` with the project's pipeline files (not its tests nor dvc.lock), `data` as
+    gzipped IDX files in data/raw, and params.yaml switched to them (idx source, verify off), each
+    `sections` mapping (data=..., model=..., train=...) updating that params section. Committed."""
     files = _project_files()
     assert ".dvc/config" in files and "dvc.yaml" in files and "params.yaml" in files
     for path in files:
@@ -102,20 +102,28 @@ def pipeline(tmp_path_factory):
             continue  # the tests are not part of the pipeline; a stale lock would only be rewritten
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / path, repo / path)
-
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["data"].update(source="idx", idx_dir="data/raw", verify=False, val_size=VAL_SIZE, shard_size=SHARD_SIZE)
-    raw["model"]["hidden_units"] = [64]
-    raw["train"].update(epochs=2, batch_size=64)
+    raw["data"].update(source="idx", idx_dir="data/raw", verify=False)
+    for section, values in sections.items():
+        raw[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    data = make_mnist(N_TRAIN, N_TEST, seed=11)
     write_idx(repo / "data" / "raw", data, compress=True)
-
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "copy of mnist-mlp for the end-to-end test")
+    _git(repo, "commit", "-q", "-m", message)
     assert _git(repo, "status", "--porcelain").stdout == ""  # data/raw is ignored, nothing else left out
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A fresh repo with small IDX data, after one `dvc repro`; yields (repo, data, first repro output)."""
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    data = make_mnist(N_TRAIN, N_TEST, seed=11)
+    tiny_repo(
+        repo, data, "copy of mnist-mlp for the end-to-end test",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE), model=dict(hidden_units=[64]),
+        train=dict(epochs=2, batch_size=64),
+    )
 
     first = _run(["dvc", "repro"], repo)
     return repo, data, first.stdout + first.stderr
