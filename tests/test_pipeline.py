@@ -91,8 +91,8 @@ def _git(repo, *args):
     )
 
 
-def tiny_repo(repo, data, message: str, **sections) -> None:
-    """A git repo at `repo` with the project's pipeline files (not its tests nor dvc.lock), `data` as
+def tiny_repo(repo, mnist, message: str, **sections) -> None:
+    """A git repo at `repo` with the project's pipeline files (not its tests nor dvc.lock), `mnist` as
     gzipped IDX files in data/raw, and params.yaml switched to them (idx source, verify off), each
     `sections` mapping (data=..., model=..., train=...) updating that params section. Committed."""
     files = _project_files()
@@ -107,7 +107,7 @@ def tiny_repo(repo, data, message: str, **sections) -> None:
     for section, values in sections.items():
         raw[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    write_idx(repo / "data" / "raw", data, compress=True)
+    write_idx(repo / "data" / "raw", mnist, compress=True)
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", message)
