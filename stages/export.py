@@ -58,7 +58,8 @@ def main(argv=None) -> None:
     from stages.serving import serving_module
 
     module = serving_module(mlp.restore(args.checkpoint))
-    records.read_split(args.data, "test")  # a bad test split is reported here, not as the fresh process's failure
+    # Check the test shards here (sha256 only; the fresh process parses them), so damage is reported as such.
+    records.verified_shards(args.data, "test", records.read_meta(args.data))
     with atomic.output_path(args.out, is_dir=True) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         found = check_in_fresh_process(tmp, args.data)

@@ -3,7 +3,10 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
+
+from stages.cli import UserError
 
 from stages.preprocessing import INPUT_SIZE, to_model_input
 
@@ -66,8 +69,6 @@ class MLP(tf.Module):
 
 def predict_logits(model: MLP, images, batch_size: int = 1000):
     """Logits (numpy [N, 10]) for uint8 images [N, 784], computed in batches of `batch_size`."""
-    import numpy as np
-
     parts = [model.logits_for_images(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.zeros([0, NUM_CLASSES], np.float32)
 
@@ -78,8 +79,6 @@ def save_architecture(model: MLP, folder: Path) -> None:
 
 def restore(folder: str | Path) -> MLP:
     """Rebuild the MLP described in `folder`/model.json and load its checkpoint's weights."""
-    from stages.cli import UserError
-
     folder = Path(folder)
     fix = "rerun `dvc repro train`"
     try:
