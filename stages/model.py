@@ -20,9 +20,15 @@ def glorot_uniform(fan_in: int, fan_out: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([fan_in, fan_out], seed=seed, minval=-limit, maxval=limit)
 
 
-def dropout(x: tf.Tensor, rate: float, seed: tf.Tensor) -> tf.Tensor:
+# Random-number algorithm for dropout masks. Under XLA on CPU, "threefry" is ~70x faster than the
+# default (measured: 0.18 s vs 12 s for one epoch of 3x1024 masks); TF's own CPU kernel rejects
+# threefry, so outside XLA it is "philox".
+RNG_XLA, RNG_TF = "threefry", "philox"
+
+
+def dropout(x: tf.Tensor, rate: float, seed: tf.Tensor, alg: str = RNG_TF) -> tf.Tensor:
     """Inverted dropout: zero each unit with probability `rate`, scale the rest by 1 / (1 - rate)."""
-    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= rate
+    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed, alg=alg) >= rate
     return tf.where(keep, x / (1.0 - rate), 0.0)
 
 
@@ -39,17 +45,17 @@ class MLP(tf.Module):
             self.weights.append(tf.Variable(init, name=f"w{layer}"))
             self.biases.append(tf.Variable(tf.zeros([fan_out]), name=f"b{layer}"))
 
-    def __call__(self, x, dropout_input=0.0, dropout_hidden=0.0, seed=None):
+    def __call__(self, x, dropout_input=0.0, dropout_hidden=0.0, seed=None, rng_alg=RNG_TF):
         """Logits for float inputs [B, 784]. Dropout applies only when rates and a seed [2] are given."""
         if seed is not None and dropout_input > 0:
-            x = dropout(x, dropout_input, tf.random.experimental.stateless_fold_in(seed, 0))
+            x = dropout(x, dropout_input, tf.random.experimental.stateless_fold_in(seed, 0), rng_alg)
         last = len(self.weights) - 1
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = tf.matmul(x, w) + b
             if layer < last:
                 x = tf.nn.relu(x)
                 if seed is not None and dropout_hidden > 0:
-                    x = dropout(x, dropout_hidden, tf.random.experimental.stateless_fold_in(seed, layer + 1))
+                    x = dropout(x, dropout_hidden, tf.random.experimental.stateless_fold_in(seed, layer + 1), rng_alg)
         return x
 
     @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE], tf.uint8)])

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from stages import optimizers
 from stages.cli import UserError
-from stages.model import MLP, NUM_CLASSES, predict_logits
+from stages.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
 from stages.preprocessing import INPUT_SIZE, to_model_input
 
 
@@ -59,6 +59,7 @@ class Trainer(tf.Module):
         self.model, self.cfg, self._iterator = model, cfg, iterator
         self.variables_to_train = list(model.trainable_variables)
         self.optimizer = optimizers.build(cfg, self.variables_to_train)
+        self.rng_alg = RNG_XLA if cfg.jit_compile else RNG_TF
         self.total_steps = cfg.epochs * steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
         batch_spec = [tf.TensorSpec([batch_size, INPUT_SIZE], tf.uint8), tf.TensorSpec([batch_size], tf.int64)]
@@ -73,7 +74,7 @@ class Trainer(tf.Module):
         if cfg.augment_shift:
             x = shift_images(x, cfg.augment_shift, tf.random.experimental.stateless_fold_in(seed, 1_000_003))
         with tf.GradientTape() as tape:
-            logits = self.model(x, cfg.dropout_input, cfg.dropout_hidden, seed=seed)
+            logits = self.model(x, cfg.dropout_input, cfg.dropout_hidden, seed=seed, rng_alg=self.rng_alg)
             loss = softmax_cross_entropy(logits, labels, cfg.label_smoothing)
         grads = tape.gradient(loss, self.variables_to_train)
         lr = optimizers.learning_rate(step, self.total_steps, self.warmup_steps, cfg.learning_rate, cfg.lr_schedule)

@@ -87,11 +87,16 @@ def test_dropout_only_with_rates_and_a_seed(tf):
     assert not np.allclose(model(x, 0.0, 0.5, seed=seed).numpy(), plain)  # hidden dropout alone
 
 
-def test_dropout_is_inverted(tf):
-    from stages.model import dropout
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf", "xla"])
+def test_dropout_is_inverted(tf, jit_compile):
+    """Both random-number algorithms (philox in TF kernels, threefry under XLA) drop at the given rate."""
+    from stages.model import RNG_TF, RNG_XLA, dropout
 
+    alg = RNG_XLA if jit_compile else RNG_TF
     x = tf.ones([200, 500])
-    y = dropout(x, 0.25, tf.constant([5, 6], tf.int64)).numpy()
+    masked = tf.function(lambda: dropout(x, 0.25, tf.constant([5, 6], tf.int64), alg), jit_compile=jit_compile)
+    y = masked().numpy()
+    np.testing.assert_array_equal(masked().numpy(), y)  # seeded: the same mask again
     kept = y != 0
     assert kept.mean() == pytest.approx(0.75, abs=0.01)
     np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
