@@ -30,8 +30,8 @@ def ours(images, labels, hidden, batch, cfg):
     from stages.model import MLP
 
     steps = len(labels) // batch
-    iterator = iter(training.batches(images, labels, batch, seed=0))
-    trainer = training.Trainer(MLP(hidden, seed=0), cfg, batch, steps, iterator)
+    dataset = training.batches(images, labels, batch, seed=0)
+    trainer = training.Trainer(MLP(hidden, seed=0), cfg, batch, steps, dataset)
 
     def epoch():
         done = 0

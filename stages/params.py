@@ -66,6 +66,8 @@ class TrainParams(Section):
     augment_shift: int = Field(ge=0, le=8)
     steps_per_call: int = Field(ge=1)
     jit_compile: bool
+    strategy: Literal["default", "mirrored", "multi_worker"]
+    cpu_replicas: int = Field(ge=1, le=64)
     seed: int = Field(ge=0)
 
     @model_validator(mode="after")
@@ -78,6 +80,10 @@ class TrainParams(Section):
             raise ValueError("train.momentum and train.nesterov apply to optimizer sgd only; set them to 0 and false")
         if self.nesterov and not self.momentum:
             raise ValueError("train.nesterov needs train.momentum > 0")
+        if self.strategy == "mirrored" and self.batch_size % self.cpu_replicas:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must split evenly over train.cpu_replicas ({self.cpu_replicas})"
+            )
         return self
 
 

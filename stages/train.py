@@ -16,6 +16,20 @@ def _epoch_line(r: dict, epochs: int) -> str:
     )
 
 
+def _scratch_outputs(args: argparse.Namespace) -> argparse.Namespace:
+    """A non-chief worker's outputs: a temporary folder (saving may take part in collective ops, so
+    every worker saves; the TF multi-worker guide's pattern), removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="mnist-mlp-worker-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return argparse.Namespace(
+        **{**vars(args), "checkpoint": f"{scratch}/checkpoint", "live": f"{scratch}/live", "curves": f"{scratch}/curves.png"}
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -30,8 +44,11 @@ def main(argv=None) -> None:
     from dvclive import Live
     from tqdm import tqdm
 
-    from stages import figures, model as mlp, records, training
+    from stages import distribution, figures, model as mlp, records, training
 
+    strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # before any other TF work
+    if not distribution.is_chief(strategy):  # every worker trains; only the chief writes the outputs
+        args = _scratch_outputs(args)
     tf.keras.utils.set_random_seed(p.train.seed)
     tf.config.experimental.enable_op_determinism()
     train_data = records.read_split(args.data, "train")
@@ -45,7 +62,7 @@ def main(argv=None) -> None:
         f"train: {len(train_data[1])} train / {len(val_data[1])} val images, MLP 784-"
         f"{'-'.join(map(str, p.model.hidden_units))}-10, {p.train.optimizer} lr {p.train.learning_rate:g}, "
         f"batch {p.train.batch_size}, {p.train.epochs} epochs of {steps_per_epoch} steps"
-        f"{', XLA' if p.train.jit_compile else ''}",
+        f"{', XLA' if p.train.jit_compile else ''}; {distribution.describe(p.train.strategy, strategy)}",
         flush=True,
     )
 
@@ -70,7 +87,7 @@ def main(argv=None) -> None:
                 live.log_metric("learning_rate", record["learning_rate"])
                 live.sync()  # not next_step(): the step is the epoch, set above
 
-            result = training.run(train_data, val_data, p.model, p.train, on_epoch, progress if bar else None)
+            result = training.run(train_data, val_data, p.model, p.train, on_epoch, progress if bar else None, strategy)
             live.summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
         if bar:
             bar.close()

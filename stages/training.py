@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from stages import optimizers
+from stages import distribution, optimizers
 from stages.cli import UserError
 from stages.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
 from stages.preprocessing import INPUT_SIZE, to_model_input
@@ -43,47 +43,88 @@ def shift_images(x: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.reshape(cropped, [-1, INPUT_SIZE])
 
 
-def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
-    """Mean cross-entropy of the logits against (optionally smoothed) one-hot labels."""
+def per_example_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Cross-entropy of each example's logits against its (optionally smoothed) one-hot label."""
     targets = tf.one_hot(labels, NUM_CLASSES)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / NUM_CLASSES
-    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+    return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+
+
+def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Mean cross-entropy of the logits against (optionally smoothed) one-hot labels."""
+    return tf.reduce_mean(per_example_cross_entropy(logits, labels, label_smoothing))
+
+
+SUM = tf.distribute.ReduceOp.SUM
 
 
 class Trainer(tf.Module):
-    """Model + optimizer + the compiled step. `steps(n)` runs n steps in one tf.function call."""
+    """Model + optimizer + the compiled step. `steps(n)` runs n steps in one tf.function call.
 
-    def __init__(self, model: MLP, cfg, batch_size: int, steps_per_epoch: int, iterator):
+    Build it under `strategy.scope()`, so the variables are mirrored on every replica. Each replica
+    computes gradients on its slice of the global batch, the gradients are summed across replicas, and
+    every replica applies the same update to its own copy of the variables.
+    """
+
+    def __init__(self, model: MLP, cfg, batch_size: int, steps_per_epoch: int, dataset: tf.data.Dataset,
+                 strategy: tf.distribute.Strategy | None = None):
         super().__init__(name="trainer")
-        self.model, self.cfg, self._iterator = model, cfg, iterator
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.model, self.cfg, self.global_batch = model, cfg, batch_size
         self.variables_to_train = list(model.trainable_variables)
         self.optimizer = optimizers.build(cfg, self.variables_to_train)
-        self.rng_alg = RNG_XLA if cfg.jit_compile else RNG_TF
         self.total_steps = cfg.epochs * steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
-        batch_spec = [tf.TensorSpec([batch_size, INPUT_SIZE], tf.uint8), tf.TensorSpec([batch_size], tf.int64)]
-        self.step = tf.function(self._step, input_signature=batch_spec, jit_compile=cfg.jit_compile)
+        self.rng_alg = RNG_XLA if cfg.jit_compile else RNG_TF
+        replicas = self.strategy.num_replicas_in_sync
+        if batch_size % replicas:
+            raise UserError(f"train.batch_size = {batch_size} does not split evenly over {replicas} replicas")
+        self._iterator = iter(distribution.distribute(self.strategy, dataset) if replicas > 1 else dataset)
+        per_replica = batch_size // replicas
+        batch_spec = [tf.TensorSpec([per_replica, INPUT_SIZE], tf.uint8), tf.TensorSpec([per_replica], tf.int64)]
+        seed_spec = tf.TensorSpec([2], tf.int64)
+        grad_specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.variables_to_train]
+        jit = cfg.jit_compile
+        self.gradients = tf.function(self._gradients, input_signature=[*batch_spec, seed_spec], jit_compile=jit)
+        self.update = tf.function(self._update, input_signature=[grad_specs], jit_compile=jit)
         self.steps = tf.function(self._steps, input_signature=[tf.TensorSpec([], tf.int32)])
 
-    def _step(self, images, labels):
+    def _gradients(self, images, labels, seed):
+        """Tape -> gradients of this replica's share of the global batch's mean loss."""
         cfg = self.cfg
-        step = self.optimizer.iterations + 1
-        seed = tf.stack([tf.constant(cfg.seed, tf.int64), step])  # fresh, reproducible randomness per step
         x = to_model_input(images)
         if cfg.augment_shift:
             x = shift_images(x, cfg.augment_shift, tf.random.experimental.stateless_fold_in(seed, 1_000_003))
         with tf.GradientTape() as tape:
             logits = self.model(x, cfg.dropout_input, cfg.dropout_hidden, seed=seed, rng_alg=self.rng_alg)
-            loss = softmax_cross_entropy(logits, labels, cfg.label_smoothing)
+            per_example = per_example_cross_entropy(logits, labels, cfg.label_smoothing)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
         grads = tape.gradient(loss, self.variables_to_train)
+        if cfg.label_smoothing:  # report the plain cross-entropy, comparable with the validation loss
+            loss = tf.nn.compute_average_loss(per_example_cross_entropy(logits, labels), global_batch_size=self.global_batch)
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == labels, tf.int64))
+        return loss, correct, grads
+
+    def _update(self, grads):
+        """Optimizer update of this replica's variables (and the max-norm constraint)."""
+        cfg = self.cfg
+        step = self.optimizer.iterations + 1
         lr = optimizers.learning_rate(step, self.total_steps, self.warmup_steps, cfg.learning_rate, cfg.lr_schedule)
         self.optimizer.apply(grads, self.variables_to_train, lr)
         if cfg.max_norm:
             self.model.apply_max_norm(cfg.max_norm)
-        if cfg.label_smoothing:  # report the plain cross-entropy, comparable with the validation loss
-            loss = softmax_cross_entropy(logits, labels)
-        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == labels, tf.int64))
+
+    def _replica_step(self, images, labels):
+        context = tf.distribute.get_replica_context()
+        seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), self.optimizer.iterations + 1])  # fresh per step
+        if context.num_replicas_in_sync > 1:  # each replica its own dropout masks and shifts
+            seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+        loss, correct, grads = self.gradients(images, labels, seed)
+        # Our optimizer assigns to each replica's copy itself (in replica context an assignment reaches
+        # only the local copy), so every replica must see the same, summed gradients.
+        grads = context.all_reduce(SUM, grads)
+        self.update(grads)
         return loss, correct
 
     def _steps(self, n):
@@ -92,9 +133,9 @@ class Trainer(tf.Module):
         correct = tf.constant(0, tf.int64)
         for i in tf.range(n):
             images, labels = next(self._iterator)
-            loss, batch_correct = self.step(images, labels)
-            losses = losses.write(i, loss)
-            correct += batch_correct
+            loss, batch_correct = self.strategy.run(self._replica_step, args=(images, labels))
+            losses = losses.write(i, self.strategy.reduce(SUM, loss, axis=None))
+            correct += self.strategy.reduce(SUM, batch_correct, axis=None)
         return losses.stack(), correct
 
 
@@ -132,16 +173,19 @@ def _check_weights(variables, epoch: int) -> None:
             raise UserError(f"training diverged: non-finite values in {v.name} at epoch {epoch}; {_DIVERGED_HINT}")
 
 
-def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress=None) -> Result:
+def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress=None, strategy=None) -> Result:
     """Train on `train` = (uint8 images [N, 784], labels), keep the best epoch by accuracy on `val`.
 
-    `on_epoch(record)` receives each epoch's metrics; `progress(steps_done)` is called after every call.
+    `on_epoch(record)` receives each epoch's metrics; `progress(steps_done)` is called after every call;
+    `strategy` (tf.distribute, default: one device) places the replicas.
     """
+    strategy = strategy or tf.distribute.get_strategy()
     train_images, train_labels = train
     steps_per_epoch = len(train_labels) // train_cfg.batch_size
-    model = MLP(model_cfg.hidden_units, seed=train_cfg.seed)
-    iterator = iter(batches(train_images, train_labels, train_cfg.batch_size, train_cfg.seed))
-    trainer = Trainer(model, train_cfg, train_cfg.batch_size, steps_per_epoch, iterator)
+    dataset = batches(train_images, train_labels, train_cfg.batch_size, train_cfg.seed)
+    with strategy.scope():
+        model = MLP(model_cfg.hidden_units, seed=train_cfg.seed)
+        trainer = Trainer(model, train_cfg, train_cfg.batch_size, steps_per_epoch, dataset, strategy)
     best = [tf.Variable(v, trainable=False) for v in model.trainable_variables]
     result = Result(model, best_epoch=0, best_val_accuracy=-1.0)
 

@@ -149,10 +149,15 @@ def params_dict() -> dict:
 
 @pytest.fixture(scope="session")
 def tf():
-    """TensorFlow, imported once (quietly) for the modules that need it."""
+    """TensorFlow, imported once (quietly) for the modules that need it, with the CPU split into two
+    logical devices (before any op runs, the only time that is possible) for the mirrored-strategy tests."""
     from stages import cli
 
-    return cli.import_tensorflow()
+    tf = cli.import_tensorflow()
+    from stages import distribution
+
+    distribution.split_cpu(2)
+    return tf
 
 
 @pytest.fixture

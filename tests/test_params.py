@@ -80,6 +80,10 @@ BAD = [
     ("nesterov-with-adam", {"train.optimizer": "adam", "train.nesterov": True}, "train.nesterov", "sgd"),
     ("nesterov-without-momentum", {"train.optimizer": "sgd", "train.momentum": 0.0, "train.nesterov": True},
      "train.nesterov", "train.momentum"),
+    ("strategy-enum", {"train.strategy": "tpu"}, "train.strategy", "'default', 'mirrored' or 'multi_worker'"),
+    ("cpu-replicas-0", {"train.cpu_replicas": 0}, "train.cpu_replicas", "greater than or equal to 1"),
+    ("batch-not-split-over-replicas", {"train.strategy": "mirrored", "train.cpu_replicas": 3, "train.batch_size": 128},
+     "train.cpu_replicas", "train.batch_size"),
     ("batch-larger-than-train", {"data.val_size": 59_000, "train.batch_size": 1001}, "train.batch_size", "data.val_size"),
 ]
 

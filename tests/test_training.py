@@ -127,8 +127,8 @@ def _trainer(data, p, batch_size=32):
 
     train_x, train_y = data[0]
     model = MLP(p.model.hidden_units, seed=p.train.seed)
-    iterator = iter(training.batches(train_x, train_y, batch_size, p.train.seed))
-    return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, iterator)
+    dataset = training.batches(train_x, train_y, batch_size, p.train.seed)
+    return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, dataset)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,31 @@
+"""One worker of the multi-worker test (tests/test_distribution.py): TF_CONFIG comes from the
+environment; trains the tiny synthetic problem with train.strategy multi_worker and writes its
+final weights, its role and its loss history to the .npz named on the command line."""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from conftest import make_params  # noqa: E402  (tests/ is this script's folder, so on sys.path)
+from test_distribution import TINY, tiny_data  # noqa: E402
+
+
+def main(out: str) -> None:
+    from stages import distribution, training
+
+    p = make_params(**{**TINY, "train__strategy": "multi_worker"})
+    strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # first: before any op
+    result = training.run(*tiny_data(), p.model, p.train, strategy=strategy)
+    np.savez(
+        out,
+        chief=distribution.is_chief(strategy),
+        replicas=strategy.num_replicas_in_sync,
+        losses=np.array([r["loss"] for r in result.history]),
+        **{f"w{i}": v.numpy() for i, v in enumerate(result.model.trainable_variables)},
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

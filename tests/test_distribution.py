@@ -1,0 +1,187 @@
+"""tf.distribute with the custom loop: two mirrored CPU replicas match one device on the same global
+batch and stay identical to each other; without the gradient all-reduce they would drift apart;
+two worker processes on localhost (TF_CONFIG, RING) train in step."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import PLAIN_TRAIN, REPO, make_params, make_split
+from stages import cli
+
+pytestmark = pytest.mark.usefixtures("tf")
+
+TINY = dict(
+    PLAIN_TRAIN,
+    model__hidden_units=[32],
+    train__epochs=2,
+    train__batch_size=32,
+    train__steps_per_call=4,
+    train__cpu_replicas=2,
+)
+ATOL = 1e-5  # summing two half-batch gradients instead of one batch's changes the last bits
+
+
+def tiny_data():
+    train_x, train_y = make_split(256, seed=0)
+    val_x, val_y = make_split(64, seed=5)
+    return (train_x.reshape(-1, 784), train_y), (val_x.reshape(-1, 784), val_y)
+
+
+def _trainer(p, strategy):
+    from stages import training
+    from stages.model import MLP
+
+    (train_x, train_y), _ = tiny_data()
+    dataset = training.batches(train_x, train_y, p.train.batch_size, p.train.seed)
+    with strategy.scope():
+        model = MLP(p.model.hidden_units, seed=p.train.seed)
+        return training.Trainer(model, p.train, p.train.batch_size, len(train_y) // p.train.batch_size, dataset, strategy)
+
+
+def _mirrored():
+    from stages import distribution
+
+    strategy = distribution.make_strategy("mirrored", 2)
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
+def _replica_values(variable) -> list[np.ndarray]:
+    return [v.numpy() for v in variable.values]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_mirrored_replicas_match_one_device(jit_compile):
+    """Same global batches: two replicas (half a batch each) end on one device's weights, and every
+    variable, optimizer state included, is identical on both replicas."""
+    import tensorflow as tf
+
+    p = make_params(**{**TINY, "train__jit_compile": jit_compile, "train__label_smoothing": 0.1, "train__max_norm": 1.0})
+    one = _trainer(p, tf.distribute.get_strategy())
+    two = _trainer(p, _mirrored())
+    losses_one, correct_one = one.steps(tf.constant(6, tf.int32))
+    losses_two, correct_two = two.steps(tf.constant(6, tf.int32))
+    np.testing.assert_allclose(losses_two.numpy(), losses_one.numpy(), rtol=0, atol=ATOL)
+    assert abs(int(correct_two) - int(correct_one)) <= 1
+    assert [int(c) for c in _replica_values(two.optimizer.iterations)] == [6, 6]
+    for a, b in zip(one.model.trainable_variables, two.model.trainable_variables):
+        first, second = _replica_values(b)
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_allclose(first, a.numpy(), rtol=0, atol=ATOL)
+    for slot in two.optimizer.m + two.optimizer.v:
+        np.testing.assert_array_equal(*_replica_values(slot))
+
+
+def test_without_the_all_reduce_replicas_drift_apart(monkeypatch):
+    """The trap the all-reduce avoids: in replica context our optimizer's assignments reach only the
+    local copy, so replicas that each apply their own gradients silently diverge."""
+    import tensorflow as tf
+
+    from stages import training
+
+    original = training.Trainer._replica_step
+
+    def no_all_reduce(self, images, labels):
+        context = tf.distribute.get_replica_context()
+        monkeypatch.setattr(context, "all_reduce", lambda op, value: value)
+        return original(self, images, labels)
+
+    monkeypatch.setattr(training.Trainer, "_replica_step", no_all_reduce)
+    trainer = _trainer(make_params(**{**TINY, "train__jit_compile": False}), _mirrored())
+    trainer.steps(tf.constant(3, tf.int32))
+    first, second = _replica_values(trainer.model.weights[0])
+    assert not np.allclose(first, second)
+
+
+def test_mirrored_run_learns_like_the_default():
+    from stages import training
+
+    p = make_params(**{**TINY, "train__jit_compile": False})
+    default = training.run(*tiny_data(), p.model, p.train)
+    mirrored = training.run(*tiny_data(), p.model, p.train, strategy=_mirrored())
+    np.testing.assert_allclose(
+        [r["loss"] for r in mirrored.history], [r["loss"] for r in default.history], rtol=0, atol=ATOL
+    )
+    assert mirrored.best_val_accuracy == default.best_val_accuracy
+    for a, b in zip(default.model.trainable_variables, mirrored.model.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=ATOL)
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused():
+    p = make_params(**{**TINY, "train__batch_size": 33})
+    with pytest.raises(cli.UserError, match="train.batch_size = 33 does not split evenly over 2 replicas"):
+        _trainer(p, _mirrored())
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+    from stages import distribution
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(cli.UserError, match="TF_CONFIG is not set"):
+        distribution.make_strategy("multi_worker", 2)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(cli.UserError, match="TF_CONFIG is not valid JSON"):
+        distribution.make_strategy("multi_worker", 2)
+
+
+def test_describe_names_strategy_and_replicas():
+    import tensorflow as tf
+
+    from stages import distribution
+
+    assert distribution.describe("default", tf.distribute.get_strategy()) == "strategy default, 1 replica"
+    assert distribution.describe("mirrored", _mirrored()) == "strategy mirrored, 2 replicas"
+    assert distribution.is_chief(tf.distribute.get_strategy())
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+WORKER_TIMEOUT = 240  # seconds; the run itself takes ~20 s
+
+
+def test_two_workers_on_localhost_train_in_step(tmp_path):
+    """Two processes, a TF_CONFIG cluster on 127.0.0.1, RING all-reduce: both finish, worker 0 is the
+    chief, both hold the same weights, and those are one device's weights on the same global batches."""
+    from stages import training
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "multi_worker_child.py"), str(tmp_path / f"worker{i}.npz")],
+            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [w.communicate(timeout=WORKER_TIMEOUT)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for i, (w, output) in enumerate(zip(workers, outputs)):
+        assert w.returncode == 0, f"worker {i} exited {w.returncode}:\n{output[-3000:]}"
+    first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert bool(first["chief"]) and not bool(second["chief"])
+    assert int(first["replicas"]) == int(second["replicas"]) == 2
+    np.testing.assert_array_equal(first["losses"], second["losses"])
+
+    p = make_params(**TINY)
+    alone = training.run(*tiny_data(), p.model, p.train)
+    for i, v in enumerate(alone.model.trainable_variables):
+        np.testing.assert_array_equal(first[f"w{i}"], second[f"w{i}"])
+        np.testing.assert_allclose(first[f"w{i}"], v.numpy(), rtol=0, atol=ATOL)
