@@ -13,10 +13,13 @@ from test_distribution import TINY, tiny_data  # noqa: E402
 
 
 def main(out: str) -> None:
+    import tensorflow as tf
+
     from stages import distribution, training
 
     p = make_params(**{**TINY, "train__strategy": "multi_worker"})
     strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # first: before any op
+    tf.keras.utils.set_random_seed(p.train.seed)  # as stages/train.py does (it seeds the shuffle as well)
     result = training.run(*tiny_data(), p.model, p.train, strategy=strategy)
     np.savez(
         out,

@@ -101,8 +101,12 @@ def test_without_the_all_reduce_replicas_drift_apart(monkeypatch):
 def test_mirrored_run_learns_like_the_default():
     from stages import training
 
+    import tensorflow as tf
+
     p = make_params(**{**TINY, "train__jit_compile": False})
+    tf.keras.utils.set_random_seed(p.train.seed)
     default = training.run(*tiny_data(), p.model, p.train)
+    tf.keras.utils.set_random_seed(p.train.seed)
     mirrored = training.run(*tiny_data(), p.model, p.train, strategy=_mirrored())
     np.testing.assert_allclose(
         [r["loss"] for r in mirrored.history], [r["loss"] for r in default.history], rtol=0, atol=ATOL
@@ -180,7 +184,10 @@ def test_two_workers_on_localhost_train_in_step(tmp_path):
     assert int(first["replicas"]) == int(second["replicas"]) == 2
     np.testing.assert_array_equal(first["losses"], second["losses"])
 
+    import tensorflow as tf
+
     p = make_params(**TINY)
+    tf.keras.utils.set_random_seed(p.train.seed)  # as the workers (and stages/train.py) do
     alone = training.run(*tiny_data(), p.model, p.train)
     for i, v in enumerate(alone.model.trainable_variables):
         np.testing.assert_array_equal(first[f"w{i}"], second[f"w{i}"])
