@@ -64,6 +64,7 @@ class TrainParams(Section):
     dropout_hidden: Fraction
     max_norm: Number = Field(ge=0.0)
     augment_shift: int = Field(ge=0, le=8)
+    ema_decay: Fraction
     steps_per_call: int = Field(ge=1)
     jit_compile: bool
     strategy: Literal["default", "mirrored", "multi_worker"]

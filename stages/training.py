@@ -77,6 +77,10 @@ class Trainer(tf.Module):
         self.total_steps = cfg.epochs * steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * steps_per_epoch
         self.rng_alg = RNG_XLA if cfg.jit_compile else RNG_TF
+        # With train.ema_decay, a second MLP holds the moving average of the weights; it is the one
+        # validated, kept and saved.
+        self.average = MLP(model.hidden_units, seed=cfg.seed, name="average") if cfg.ema_decay else None
+        self.eval_model = self.average or model
         replicas = self.strategy.num_replicas_in_sync
         if batch_size % replicas:
             raise UserError(f"train.batch_size = {batch_size} does not split evenly over {replicas} replicas")
@@ -117,6 +121,16 @@ class Trainer(tf.Module):
         self.optimizer.apply(grads, self.variables_to_train, lr)
         if cfg.max_norm:
             self.model.apply_max_norm(cfg.max_norm)
+        if self.average:
+            self._update_average(step)
+
+    def _update_average(self, step):
+        """a <- d a + (1 - d) w, with d = min(ema_decay, (1 + t) / (10 + t)) so early steps are not
+        dominated by the initial weights (the warm-up of tf.train.ExponentialMovingAverage)."""
+        t = tf.cast(step, tf.float32)
+        decay = tf.minimum(self.cfg.ema_decay, (1.0 + t) / (10.0 + t))
+        for a, w in zip(self.average.trainable_variables, self.variables_to_train):
+            a.assign(decay * a + (1.0 - decay) * w)
 
     def _step(self, images, labels, seed):
         """One device: tape -> gradients -> update."""
@@ -197,6 +211,7 @@ def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress
     with strategy.scope():
         model = MLP(model_cfg.hidden_units, seed=train_cfg.seed)
         trainer = Trainer(model, train_cfg, train_cfg.batch_size, steps_per_epoch, dataset, strategy)
+    model = trainer.eval_model
     best = [tf.Variable(v, trainable=False) for v in model.trainable_variables]
     result = Result(model, best_epoch=0, best_val_accuracy=-1.0)
 
@@ -213,7 +228,7 @@ def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress
             done += n
             if progress:
                 progress(n)
-        _check_weights(model.trainable_variables, epoch)
+        _check_weights(trainer.variables_to_train, epoch)
         val_loss, val_accuracy = evaluate_arrays(model, *val)
         record = {
             "epoch": epoch,

@@ -220,3 +220,34 @@ def test_softmax_cross_entropy_with_label_smoothing(tf):
     assert float(training.softmax_cross_entropy(logits, labels)) == pytest.approx(-log_probs[0], rel=1e-6)
     smoothed = -(0.9 + 0.01) * log_probs[0] - 0.01 * log_probs[1:].sum()
     assert float(training.softmax_cross_entropy(logits, labels, 0.1)) == pytest.approx(smoothed, rel=1e-6)
+
+
+def test_ema_is_the_moving_average_of_the_weights(data):
+    """train.ema_decay: after every step a <- d a + (1 - d) w with d = min(decay, (1 + t) / (10 + t))."""
+    import tensorflow as tf
+
+    decay = 0.9
+    trainer = _trainer(data, make_params(**{**TINY, "train__jit_compile": False, "train__ema_decay": decay}))
+    weights = lambda module: [v.numpy() for v in module.trainable_variables]  # noqa: E731
+    expected = weights(trainer.model)
+    for a, w in zip(weights(trainer.average), expected):
+        np.testing.assert_array_equal(a, w)  # the average starts at the initial weights
+    for t in range(1, 6):
+        trainer.steps(tf.constant(1, tf.int32))
+        d = min(decay, (1 + t) / (10 + t))
+        expected = [d * a + (1 - d) * w for a, w in zip(expected, weights(trainer.model))]
+    for a, e, w in zip(weights(trainer.average), expected, weights(trainer.model)):
+        np.testing.assert_allclose(a, e, rtol=0, atol=1e-6)
+    assert not np.allclose(weights(trainer.average)[0], weights(trainer.model)[0])
+    assert trainer.eval_model is trainer.average
+
+
+def test_run_with_ema_keeps_and_returns_the_average(data):
+    from stages import training
+
+    _, plain, _ = _run(data)
+    _, averaged, _ = _run(data, train__ema_decay=0.99)
+    assert not np.allclose(plain.model.weights[0].numpy(), averaged.model.weights[0].numpy())
+    _, accuracy = training.evaluate_arrays(averaged.model, *data[1])
+    assert accuracy == averaged.best_val_accuracy
+    assert averaged.history[averaged.best_epoch - 1]["val_accuracy"] == accuracy
