@@ -10,19 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PLAIN_TRAIN, REPO, make_params, make_split
+from conftest import REPO, make_params, make_split
 from stages import cli
+from test_training import TINY as TRAINING_TINY
 
 pytestmark = pytest.mark.usefixtures("tf")
 
-TINY = dict(
-    PLAIN_TRAIN,
-    model__hidden_units=[32],
-    train__epochs=2,
-    train__batch_size=32,
-    train__steps_per_call=4,
-    train__cpu_replicas=2,
-)
+TINY = dict(TRAINING_TINY, train__epochs=2, train__cpu_replicas=2)
 ATOL = 1e-5  # summing two half-batch gradients instead of one batch's changes the last bits
 
 
