@@ -186,3 +186,54 @@ def test_two_workers_on_localhost_train_in_step(tmp_path):
     for i, v in enumerate(alone.model.trainable_variables):
         np.testing.assert_array_equal(first[f"w{i}"], second[f"w{i}"])
         np.testing.assert_allclose(first[f"w{i}"], v.numpy(), rtol=0, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_train_stage_as_two_workers_writes_only_the_chiefs_outputs(tmp_path):
+    """`python -m stages.train` with train.strategy multi_worker in two processes: both log the
+    strategy, the chief writes the checkpoint and reports, the other worker's outputs go to a
+    temporary folder that is gone when it exits."""
+    import yaml
+
+    from conftest import base_params, make_mnist, write_idx
+
+    write_idx(tmp_path / "raw", make_mnist(600, 100, seed=3))
+    raw = base_params()
+    raw["data"].update(source="idx", idx_dir=str(tmp_path / "raw"), verify=False, val_size=100, shard_size=500)
+    raw["model"]["hidden_units"] = [16]
+    raw["train"].update(epochs=2, batch_size=32, strategy="multi_worker")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path / "scratch")}
+    (tmp_path / "scratch").mkdir()
+    prepared = tmp_path / "prepared"
+    subprocess.run(
+        [sys.executable, "-m", "stages.prepare", "--params", str(params_file), "--out", str(prepared),
+         "--samples", str(tmp_path / "samples.png")],
+        cwd=REPO, env=env, check=True, capture_output=True, timeout=WORKER_TIMEOUT,
+    )
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    outs = [tmp_path / f"worker{i}" for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stages.train", "--params", str(params_file), "--data", str(prepared),
+             "--checkpoint", str(out / "checkpoint"), "--live", str(out / "live"), "--curves", str(out / "curves.png")],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+        )
+        for i, out in enumerate(outs)
+    ]
+    try:
+        logs = [w.communicate(timeout=WORKER_TIMEOUT)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for i, (w, log) in enumerate(zip(workers, logs)):
+        assert w.returncode == 0, f"worker {i} exited {w.returncode}:\n{log[-3000:]}"
+        assert "strategy multi_worker, 2 replicas" in log, log
+    chief, other = outs
+    assert (chief / "checkpoint" / "model.json").is_file() and (chief / "curves.png").is_file()
+    assert (chief / "live" / "metrics.json").is_file()
+    assert not other.exists()
+    assert list((tmp_path / "scratch").iterdir()) == []  # the other worker's temporary outputs are gone

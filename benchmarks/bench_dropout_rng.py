@@ -1,0 +1,69 @@
+"""Cost of dropout masks by random-number algorithm, inside and outside XLA. Run by hand (results in
+benchmarks/RESULTS.md):
+
+    python -m benchmarks.bench_dropout_rng --rounds 3
+
+One "epoch" is 390 masks of [128, 3856] (batch 128 of a 784-1024-1024-1024 MLP: the input and the
+three hidden layers), each drawn in its own compiled call as in the training step, from a fresh seed.
+stages/model.py picks threefry under XLA and philox outside it from these figures.
+"""
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from stages import cli  # noqa: E402
+
+STEPS, SHAPE = 390, (128, 784 + 3 * 1024)
+
+
+def epoch_of_masks(alg: str, jit_compile: bool):
+    import tensorflow as tf
+
+    from stages.model import dropout
+
+    x = tf.ones(SHAPE)
+
+    @tf.function(jit_compile=jit_compile)
+    def one_mask(step):
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([0, 1], tf.int64), step)
+        return tf.reduce_sum(dropout(x, 0.5, seed, alg))
+
+    @tf.function
+    def epoch():
+        total = tf.constant(0.0)
+        for step in tf.range(STEPS, dtype=tf.int64):
+            total += one_mask(step)
+        return total
+
+    return lambda: epoch().numpy()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Dropout mask cost per random-number algorithm")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    cli.import_tensorflow()
+    contenders = {
+        "XLA, auto_select (TF's default)": epoch_of_masks("auto_select", True),
+        "XLA, philox": epoch_of_masks("philox", True),
+        "XLA, threefry (ours under XLA)": epoch_of_masks("threefry", True),
+        "no XLA, philox (ours without XLA)": epoch_of_masks("philox", False),
+    }
+    for run in contenders.values():
+        run()  # warm-up: tracing and compilation
+    times = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    print(f"{STEPS} dropout masks of {list(SHAPE)}, median of {args.rounds} rounds")
+    for name, t in times.items():
+        print(f"{name:<34} {statistics.median(t):7.3f} s  (rounds: {', '.join(f'{s:.3f}' for s in t)})")
+
+
+if __name__ == "__main__":
+    cli.run(main)
