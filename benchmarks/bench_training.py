@@ -116,10 +116,14 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[700, 500])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dropout", type=float, nargs=2, default=[0.0, 0.0], metavar=("INPUT", "HIDDEN"),
+                        help="dropout rates in our loop (the other contenders have none)")
     parser.add_argument("--only", nargs="*", help="subset of contenders")
     args = parser.parse_args(argv)
     p = params.load(args.params)
-    cfg = p.train.model_copy(update={"batch_size": args.batch})
+    cfg = p.train.model_copy(
+        update={"batch_size": args.batch, "dropout_input": args.dropout[0], "dropout_hidden": args.dropout[1]}
+    )
     tf = cli.import_tensorflow()
     tf.keras.utils.set_random_seed(0)
     images, labels = load_train(args.data)

@@ -20,9 +20,9 @@ def glorot_uniform(fan_in: int, fan_out: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([fan_in, fan_out], seed=seed, minval=-limit, maxval=limit)
 
 
-# Random-number algorithm for dropout masks. Under XLA on CPU, "threefry" is ~70x faster than the
-# default (measured: 0.18 s vs 12 s for one epoch of 3x1024 masks); TF's own CPU kernel rejects
-# threefry, so outside XLA it is "philox".
+# Random-number algorithm for dropout masks. Under XLA on CPU, "threefry" is far faster than the
+# default (an epoch's masks for 3x1024: 0.2 s vs 31 s, benchmarks/bench_dropout_rng.py); TF's own
+# CPU kernel rejects threefry, so outside XLA it is "philox".
 RNG_XLA, RNG_TF = "threefry", "philox"
 
 

@@ -1,0 +1,102 @@
+"""Where one training epoch's time goes: the full step vs its parts, on synthetic batches. Run by hand
+(results in benchmarks/RESULTS.md):
+
+    python -m benchmarks.profile_step_parts --hidden 700 500 --rounds 3
+
+Each part runs 390 times (one epoch at batch 128) inside one tf.function call, alternating rounds:
+- step (XLA):     forward, tape, gradients, our Adam update, compiled with XLA;
+- Adam (XLA):     our Adam update alone, from fixed gradients;
+- matmuls (XLA):  only the step's matmuls (forward, weight and input gradients), compiled with XLA;
+- matmuls (TF):   the same matmuls through TensorFlow's own (oneDNN) kernels: benchmarks' matmul bound.
+"""
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from stages import cli  # noqa: E402
+
+STEPS, BATCH = 390, 128
+
+
+def contenders(hidden):
+    import tensorflow as tf
+
+    from stages import optimizers
+    from stages.model import MLP
+
+    model = MLP(hidden, seed=0)
+    variables = list(model.trainable_variables)
+    adam = optimizers.Adam(variables)
+    x = tf.random.uniform([BATCH, 784])
+    y = tf.random.uniform([BATCH], maxval=10, dtype=tf.int64)
+    fixed_grads = [tf.random.normal(v.shape) * 1e-3 for v in variables]
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x)))
+        adam.apply(tape.gradient(loss, variables), variables, 1e-4)
+        return loss
+
+    def adam_only():
+        adam.apply(fixed_grads, variables, 1e-4)
+        return tf.constant(0.0)
+
+    sizes = [784, *hidden, 10]
+    weights = [tf.random.normal([a, b]) for a, b in zip(sizes[:-1], sizes[1:])]
+    acts = [tf.random.normal([BATCH, s]) for s in sizes]
+
+    def matmuls():
+        total = tf.constant(0.0)
+        for i, w in enumerate(weights):
+            total += tf.matmul(acts[i], w)[0, 0]  # forward
+            total += tf.matmul(acts[i], acts[i + 1], transpose_a=True)[0, 0]  # weight gradient
+            if i:
+                total += tf.matmul(acts[i + 1], w, transpose_b=True)[0, 0]  # input gradient
+        return total
+
+    def epoch(part, jit_compile):
+        compiled = tf.function(part, jit_compile=jit_compile)
+
+        @tf.function
+        def run():
+            total = tf.constant(0.0)
+            for _ in tf.range(STEPS):
+                total += compiled()
+            return total
+
+        return lambda: run().numpy()
+
+    return {
+        "step (XLA)": epoch(step, True),
+        "Adam (XLA)": epoch(adam_only, True),
+        "matmuls (XLA)": epoch(matmuls, True),
+        "matmuls (TF)": epoch(matmuls, False),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Parts of a training epoch")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[700, 500])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    cli.import_tensorflow()
+    parts = contenders(args.hidden)
+    for run in parts.values():
+        run()  # warm-up: tracing and compilation
+    times = {name: [] for name in parts}
+    for _ in range(args.rounds):
+        for name, run in parts.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    arch = "-".join(map(str, [784, *args.hidden, 10]))
+    print(f"{STEPS} steps of batch {BATCH}, MLP {arch}, median of {args.rounds} rounds")
+    for name, t in times.items():
+        print(f"{name:<14} {statistics.median(t):6.3f} s/epoch  (rounds: {', '.join(f'{s:.3f}' for s in t)})")
+
+
+if __name__ == "__main__":
+    cli.run(main)
