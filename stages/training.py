@@ -79,7 +79,11 @@ class Trainer(tf.Module):
         self.rng_alg = RNG_XLA if cfg.jit_compile else RNG_TF
         # With train.ema_decay, a second MLP holds the moving average of the weights; it is the one
         # validated, kept and saved.
-        self.average = MLP(model.hidden_units, seed=cfg.seed, name="average") if cfg.ema_decay else None
+        self.average = None
+        if cfg.ema_decay:
+            self.average = MLP(model.hidden_units, seed=0, name="average")
+            for a, w in zip(self.average.trainable_variables, self.variables_to_train):
+                a.assign(w)  # the average starts at the model's initial weights
         self.eval_model = self.average or model
         replicas = self.strategy.num_replicas_in_sync
         if batch_size % replicas:
@@ -87,14 +91,14 @@ class Trainer(tf.Module):
         self._iterator = iter(distribution.distribute(self.strategy, dataset) if replicas > 1 else dataset)
         per_replica = batch_size // replicas
         batch_spec = [tf.TensorSpec([per_replica, INPUT_SIZE], tf.uint8), tf.TensorSpec([per_replica], tf.int64)]
-        seed_spec = tf.TensorSpec([2], tf.int64)
-        grad_specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.variables_to_train]
+        step_spec = [*batch_spec, tf.TensorSpec([2], tf.int64)]  # images, labels, seed
         jit = cfg.jit_compile
-        # One replica: the whole step is one compiled function (measured ~12% faster than two).
-        # Several: the all-reduce between gradients and update cannot be compiled, so two functions.
-        self.step = tf.function(self._step, input_signature=[*batch_spec, seed_spec], jit_compile=jit)
-        self.gradients = tf.function(self._gradients, input_signature=[*batch_spec, seed_spec], jit_compile=jit)
-        self.update = tf.function(self._update, input_signature=[grad_specs], jit_compile=jit)
+        if replicas == 1:  # the whole step is one compiled function
+            self.step = tf.function(self._step, input_signature=step_spec, jit_compile=jit)
+        else:  # the all-reduce between gradients and update cannot be compiled: two functions
+            grad_specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.variables_to_train]
+            self.gradients = tf.function(self._gradients, input_signature=step_spec, jit_compile=jit)
+            self.update = tf.function(self._update, input_signature=[grad_specs], jit_compile=jit)
         self.steps = tf.function(self._steps, input_signature=[tf.TensorSpec([], tf.int32)])
 
     def _gradients(self, images, labels, seed):

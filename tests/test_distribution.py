@@ -151,18 +151,14 @@ def _free_ports(n: int) -> list[int]:
 WORKER_TIMEOUT = 240  # seconds; the run itself takes ~20 s
 
 
-def test_two_workers_on_localhost_train_in_step(tmp_path):
-    """Two processes, a TF_CONFIG cluster on 127.0.0.1, RING all-reduce: both finish, worker 0 is the
-    chief, both hold the same weights, and those are one device's weights on the same global batches."""
-    from stages import training
-
+def _run_workers(argv_of_worker, env: dict, cwd=None) -> list[str]:
+    """Start two processes forming a TF_CONFIG cluster on 127.0.0.1 (`argv_of_worker(i)` each), wait
+    for both within WORKER_TIMEOUT, check they succeeded, and return their outputs."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     workers = [
         subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "multi_worker_child.py"), str(tmp_path / f"worker{i}.npz")],
+            argv_of_worker(i), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for i in range(2)
     ]
@@ -173,6 +169,17 @@ def test_two_workers_on_localhost_train_in_step(tmp_path):
             w.kill()
     for i, (w, output) in enumerate(zip(workers, outputs)):
         assert w.returncode == 0, f"worker {i} exited {w.returncode}:\n{output[-3000:]}"
+    return outputs
+
+
+def test_two_workers_on_localhost_train_in_step(tmp_path):
+    """Two processes, a TF_CONFIG cluster on 127.0.0.1, RING all-reduce: both finish, worker 0 is the
+    chief, both hold the same weights, and those are one device's weights on the same global batches."""
+    from stages import training
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    child = str(REPO / "tests" / "multi_worker_child.py")
+    _run_workers(lambda i: [sys.executable, child, str(tmp_path / f"worker{i}.npz")], env)
     first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     assert bool(first["chief"]) and not bool(second["chief"])
     assert int(first["replicas"]) == int(second["replicas"]) == 2
@@ -213,24 +220,14 @@ def test_train_stage_as_two_workers_writes_only_the_chiefs_outputs(tmp_path):
         cwd=REPO, env=env, check=True, capture_output=True, timeout=WORKER_TIMEOUT,
     )
 
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     outs = [tmp_path / f"worker{i}" for i in range(2)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "stages.train", "--params", str(params_file), "--data", str(prepared),
-             "--checkpoint", str(out / "checkpoint"), "--live", str(out / "live"), "--curves", str(out / "curves.png")],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-        )
-        for i, out in enumerate(outs)
-    ]
-    try:
-        logs = [w.communicate(timeout=WORKER_TIMEOUT)[0] for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-    for i, (w, log) in enumerate(zip(workers, logs)):
-        assert w.returncode == 0, f"worker {i} exited {w.returncode}:\n{log[-3000:]}"
+    logs = _run_workers(
+        lambda i: [sys.executable, "-m", "stages.train", "--params", str(params_file), "--data", str(prepared),
+                   "--checkpoint", str(outs[i] / "checkpoint"), "--live", str(outs[i] / "live"),
+                   "--curves", str(outs[i] / "curves.png")],
+        env, cwd=REPO,
+    )
+    for log in logs:
         assert "strategy multi_worker, 2 replicas" in log, log
     chief, other = outs
     assert (chief / "checkpoint" / "model.json").is_file() and (chief / "curves.png").is_file()
