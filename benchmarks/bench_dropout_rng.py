@@ -10,10 +10,10 @@ stages/model.py picks threefry under XLA and philox outside it from these figure
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import timing  # noqa: E402
 from stages import cli  # noqa: E402
 
 STEPS, SHAPE = 390, (128, 784 + 3 * 1024)
@@ -26,19 +26,11 @@ def epoch_of_masks(alg: str, jit_compile: bool):
 
     x = tf.ones(SHAPE)
 
-    @tf.function(jit_compile=jit_compile)
     def one_mask(step):
         seed = tf.random.experimental.stateless_fold_in(tf.constant([0, 1], tf.int64), step)
         return tf.reduce_sum(dropout(x, 0.5, seed, alg))
 
-    @tf.function
-    def epoch():
-        total = tf.constant(0.0)
-        for step in tf.range(STEPS, dtype=tf.int64):
-            total += one_mask(step)
-        return total
-
-    return lambda: epoch().numpy()
+    return timing.epoch_loop(one_mask, STEPS, jit_compile)
 
 
 def main(argv=None) -> None:
@@ -52,14 +44,7 @@ def main(argv=None) -> None:
         "XLA, threefry (ours under XLA)": epoch_of_masks("threefry", True),
         "no XLA, philox (ours without XLA)": epoch_of_masks("philox", False),
     }
-    for run in contenders.values():
-        run()  # warm-up: tracing and compilation
-    times = {name: [] for name in contenders}
-    for _ in range(args.rounds):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = timing.alternate(contenders, args.rounds)
     print(f"{STEPS} dropout masks of {list(SHAPE)}, median of {args.rounds} rounds")
     for name, t in times.items():
         print(f"{name:<34} {statistics.median(t):7.3f} s  (rounds: {', '.join(f'{s:.3f}' for s in t)})")

@@ -9,10 +9,10 @@ machine affects all of them alike; the report gives medians and ratios.
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import timing  # noqa: E402
 from stages import cli, params  # noqa: E402
 
 
@@ -86,27 +86,29 @@ def keras_fit(images, labels, hidden, batch):
     return epoch
 
 
-def matmul_bound(n_examples, hidden, batch):
-    """Only the matmuls of one epoch (forward, weight gradients, input gradients), back to back."""
+def matmul_part(hidden, batch):
+    """One step's matmuls alone (forward, weight gradients, input gradients) on random operands."""
     import tensorflow as tf
 
     sizes = [784, *hidden, 10]
     ws = [tf.Variable(tf.random.normal([a, b])) for a, b in zip(sizes[:-1], sizes[1:])]
     acts = [tf.random.normal([batch, s]) for s in sizes]
-    steps = n_examples // batch
 
-    @tf.function
-    def run(n):
+    def matmuls(step):
         total = tf.constant(0.0)
-        for _ in tf.range(n):
-            for i, w in enumerate(ws):
-                total += tf.reduce_sum(tf.matmul(acts[i], w)[:1, :1])  # forward
-                total += tf.reduce_sum(tf.matmul(acts[i], acts[i + 1], transpose_a=True)[:1, :1])  # dW
-                if i:
-                    total += tf.reduce_sum(tf.matmul(acts[i + 1], w, transpose_b=True)[:1, :1])  # dX
+        for i, w in enumerate(ws):
+            total += tf.reduce_sum(tf.matmul(acts[i], w)[:1, :1])  # forward
+            total += tf.reduce_sum(tf.matmul(acts[i], acts[i + 1], transpose_a=True)[:1, :1])  # dW
+            if i:
+                total += tf.reduce_sum(tf.matmul(acts[i + 1], w, transpose_b=True)[:1, :1])  # dX
         return total
 
-    return lambda: run(tf.constant(steps)).numpy()
+    return matmuls
+
+
+def matmul_bound(n_examples, hidden, batch):
+    """Only the matmuls of one epoch, back to back, through TensorFlow's own (oneDNN) kernels."""
+    return timing.epoch_loop(matmul_part(hidden, batch), n_examples // batch, jit_compile=False)
 
 
 def main(argv=None) -> None:
@@ -137,15 +139,7 @@ def main(argv=None) -> None:
     }
     if args.only:
         contenders = {k: v for k, v in contenders.items() if k in args.only}
-    epochs = {name: make() for name, make in contenders.items()}
-    for epoch in epochs.values():
-        epoch()  # warm-up: tracing, compilation, first data pass
-    times = {name: [] for name in epochs}
-    for _ in range(args.rounds):
-        for name, epoch in epochs.items():
-            start = time.perf_counter()
-            epoch()
-            times[name].append(time.perf_counter() - start)
+    times = timing.alternate({name: make() for name, make in contenders.items()}, args.rounds)
 
     arch = "-".join(map(str, [784, *args.hidden, 10]))
     print(f"one epoch of {len(labels)} images, MLP {arch}, batch {args.batch}, median of {args.rounds} rounds")

@@ -6,16 +6,17 @@
 Each part runs 390 times (one epoch at batch 128) inside one tf.function call, alternating rounds:
 - step (XLA):     forward, tape, gradients, our Adam update, compiled with XLA;
 - Adam (XLA):     our Adam update alone, from fixed gradients;
-- matmuls (XLA):  only the step's matmuls (forward, weight and input gradients), compiled with XLA;
-- matmuls (TF):   the same matmuls through TensorFlow's own (oneDNN) kernels: benchmarks' matmul bound.
+- matmuls (XLA):  only the step's matmuls (bench_training.matmul_part), compiled with XLA;
+- matmuls (TF):   the same matmuls through TensorFlow's own (oneDNN) kernels: bench_training's matmul bound.
 """
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import timing  # noqa: E402
+from benchmarks.bench_training import matmul_part  # noqa: E402
 from stages import cli  # noqa: E402
 
 STEPS, BATCH = 390, 128
@@ -34,46 +35,22 @@ def contenders(hidden):
     y = tf.random.uniform([BATCH], maxval=10, dtype=tf.int64)
     fixed_grads = [tf.random.normal(v.shape) * 1e-3 for v in variables]
 
-    def step():
+    def step(_):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, model(x)))
         adam.apply(tape.gradient(loss, variables), variables, 1e-4)
         return loss
 
-    def adam_only():
+    def adam_only(_):
         adam.apply(fixed_grads, variables, 1e-4)
         return tf.constant(0.0)
 
-    sizes = [784, *hidden, 10]
-    weights = [tf.random.normal([a, b]) for a, b in zip(sizes[:-1], sizes[1:])]
-    acts = [tf.random.normal([BATCH, s]) for s in sizes]
-
-    def matmuls():
-        total = tf.constant(0.0)
-        for i, w in enumerate(weights):
-            total += tf.matmul(acts[i], w)[0, 0]  # forward
-            total += tf.matmul(acts[i], acts[i + 1], transpose_a=True)[0, 0]  # weight gradient
-            if i:
-                total += tf.matmul(acts[i + 1], w, transpose_b=True)[0, 0]  # input gradient
-        return total
-
-    def epoch(part, jit_compile):
-        compiled = tf.function(part, jit_compile=jit_compile)
-
-        @tf.function
-        def run():
-            total = tf.constant(0.0)
-            for _ in tf.range(STEPS):
-                total += compiled()
-            return total
-
-        return lambda: run().numpy()
-
+    matmuls = matmul_part(hidden, BATCH)
     return {
-        "step (XLA)": epoch(step, True),
-        "Adam (XLA)": epoch(adam_only, True),
-        "matmuls (XLA)": epoch(matmuls, True),
-        "matmuls (TF)": epoch(matmuls, False),
+        "step (XLA)": timing.epoch_loop(step, STEPS, jit_compile=True),
+        "Adam (XLA)": timing.epoch_loop(adam_only, STEPS, jit_compile=True),
+        "matmuls (XLA)": timing.epoch_loop(matmuls, STEPS, jit_compile=True),
+        "matmuls (TF)": timing.epoch_loop(matmuls, STEPS, jit_compile=False),
     }
 
 
@@ -83,15 +60,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     cli.import_tensorflow()
-    parts = contenders(args.hidden)
-    for run in parts.values():
-        run()  # warm-up: tracing and compilation
-    times = {name: [] for name in parts}
-    for _ in range(args.rounds):
-        for name, run in parts.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = timing.alternate(contenders(args.hidden), args.rounds)
     arch = "-".join(map(str, [784, *args.hidden, 10]))
     print(f"{STEPS} steps of batch {BATCH}, MLP {arch}, median of {args.rounds} rounds")
     for name, t in times.items():
