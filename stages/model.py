@@ -33,11 +33,15 @@ def dropout(x: tf.Tensor, rate: float, seed: tf.Tensor, alg: str = RNG_TF) -> tf
 
 
 class MLP(tf.Module):
-    """784 -> hidden_units (ReLU) -> 10 logits. Softmax lives in the loss and in serving."""
+    """784 -> hidden_units (ReLU) -> 10 logits. Softmax lives in the loss and in serving.
 
-    def __init__(self, hidden_units: list[int], seed: int, name: str = "mlp"):
+    `deskew` belongs to the model, not the data: whoever feeds it images (training, evaluate, the
+    serving signature) prepares them through `inputs`, so they all straighten digits alike."""
+
+    def __init__(self, hidden_units: list[int], seed: int, deskew: bool = False, name: str = "mlp"):
         super().__init__(name=name)
         self.hidden_units = list(hidden_units)
+        self.deskew = bool(deskew)
         sizes = [INPUT_SIZE, *self.hidden_units, NUM_CLASSES]
         self.weights, self.biases = [], []
         for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -58,10 +62,14 @@ class MLP(tf.Module):
                     x = dropout(x, dropout_hidden, tf.random.experimental.stateless_fold_in(seed, layer + 1), rng_alg)
         return x
 
+    def inputs(self, images: tf.Tensor) -> tf.Tensor:
+        """uint8 images [B, 28, 28] or [B, 784] -> this model's float inputs [B, 784]."""
+        return to_model_input(images, deskew=self.deskew)
+
     @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE], tf.uint8)])
     def logits_for_images(self, images):
         """Inference logits for uint8 images [B, 784], through the shared preprocessing."""
-        return self(to_model_input(images))
+        return self(self.inputs(images))
 
     def apply_max_norm(self, max_norm: float) -> None:
         """Rescale every unit's incoming weights (a column of w) to an L2 norm of at most `max_norm`."""
@@ -70,7 +78,7 @@ class MLP(tf.Module):
             w.assign(w * tf.minimum(1.0, max_norm / tf.maximum(norms, 1e-12)))
 
     def architecture(self) -> dict:
-        return {"input_size": INPUT_SIZE, "hidden_units": self.hidden_units, "num_classes": NUM_CLASSES}
+        return {"input_size": INPUT_SIZE, "hidden_units": self.hidden_units, "num_classes": NUM_CLASSES, "deskew": self.deskew}
 
 
 def predict_logits(model: MLP, images, batch_size: int = 1000):
@@ -92,7 +100,10 @@ def restore(folder: str | Path) -> MLP:
         units = arch["hidden_units"]
         if not isinstance(units, list) or not units or not all(type(u) is int and u > 0 for u in units):
             raise ValueError(f"hidden_units {units!r} is not a list of positive integers")
-        model = MLP(units, seed=0)
+        deskew = arch.get("deskew", False)  # absent in files written before the option existed
+        if type(deskew) is not bool:
+            raise ValueError(f"deskew {deskew!r} is not true or false")
+        model = MLP(units, seed=0, deskew=deskew)
     except FileNotFoundError:
         raise UserError(f"{folder / ARCHITECTURE_FILE}: not found; {fix}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:

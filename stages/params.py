@@ -47,6 +47,7 @@ class DataParams(Section):
 
 class ModelParams(Section):
     hidden_units: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(min_length=1)
+    deskew: bool
 
 
 class TrainParams(Section):

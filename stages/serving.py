@@ -12,8 +12,6 @@ def serving_module(model):
     """A tf.Module whose `serve` takes uint8 images [None, 28, 28] and returns probabilities and class ids."""
     import tensorflow as tf
 
-    from stages.preprocessing import to_model_input
-
     class Serving(tf.Module):
         def __init__(self, mlp):
             super().__init__(name="serving")
@@ -23,7 +21,7 @@ def serving_module(model):
         def serve(self, images):
             # A loaded signature does not enforce its input shape; without this, any multiple of 784 pixels passes.
             images = tf.ensure_shape(images, [None, 28, 28])
-            logits = self.mlp(to_model_input(images))
+            logits = self.mlp(self.mlp.inputs(images))
             return {"probabilities": tf.nn.softmax(logits), "class_ids": tf.argmax(logits, axis=1)}
 
     return Serving(model)

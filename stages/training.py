@@ -11,7 +11,7 @@ import tensorflow as tf
 from stages import distribution, optimizers
 from stages.cli import UserError
 from stages.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
-from stages.preprocessing import INPUT_SIZE, to_model_input
+from stages.preprocessing import INPUT_SIZE
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -81,7 +81,7 @@ class Trainer(tf.Module):
         # validated, kept and saved.
         self.average = None
         if cfg.ema_decay:
-            self.average = MLP(model.hidden_units, seed=0, name="average")
+            self.average = MLP(model.hidden_units, seed=0, deskew=model.deskew, name="average")
             for a, w in zip(self.average.trainable_variables, self.variables_to_train):
                 a.assign(w)  # the average starts at the model's initial weights
         self.eval_model = self.average or model
@@ -104,7 +104,7 @@ class Trainer(tf.Module):
     def _gradients(self, images, labels, seed):
         """Tape -> gradients of this replica's share of the global batch's mean loss."""
         cfg = self.cfg
-        x = to_model_input(images)
+        x = self.model.inputs(images)
         if cfg.augment_shift:
             x = shift_images(x, cfg.augment_shift, tf.random.experimental.stateless_fold_in(seed, 1_000_003))
         with tf.GradientTape() as tape:
@@ -213,7 +213,7 @@ def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress
     steps_per_epoch = len(train_labels) // train_cfg.batch_size
     dataset = batches(train_images, train_labels, train_cfg.batch_size, train_cfg.seed)
     with strategy.scope():
-        model = MLP(model_cfg.hidden_units, seed=train_cfg.seed)
+        model = MLP(model_cfg.hidden_units, seed=train_cfg.seed, deskew=model_cfg.deskew)
         trainer = Trainer(model, train_cfg, train_cfg.batch_size, steps_per_epoch, dataset, strategy)
     model = trainer.eval_model
     best = [tf.Variable(v, trainable=False) for v in model.trainable_variables]

@@ -412,6 +412,8 @@ CHECKPOINT_DAMAGE = {
     "model-json-garbage": lambda root, split: (_garbage(root / CHECKPOINT / "model.json"), "train"),
     "model-json-not-object": lambda root, split: (_write(root / CHECKPOINT / "model.json", "[16]\n"), "train"),
     "model-json-negative": lambda root, split: (_write(root / CHECKPOINT / "model.json", '{"hidden_units": [-3]}'), "train"),
+    "model-json-deskew-not-bool": lambda root, split: (
+        _write(root / CHECKPOINT / "model.json", '{"hidden_units": [16], "deskew": "yes"}'), "train"),
     "model-json-other-width": lambda root, split: (  # valid, but not the checkpoint's shapes: the folder is named
         _write(root / CHECKPOINT / "model.json", '{"hidden_units": [32]}').parent, "train"),
 }

@@ -120,13 +120,42 @@ def test_apply_max_norm_bounds_every_hidden_column(tf, max_norm):
     np.testing.assert_array_equal(model.weights[-1].numpy(), last_before)  # the logits layer is not capped
 
 
-def test_architecture_and_restore(tmp_path, tf):
+@pytest.mark.parametrize("deskew", [False, True])
+def test_architecture_and_restore(tmp_path, tf, deskew):
     from stages import model as mlp
 
-    model = _mlp([24, 12], seed=3)
+    model = mlp.MLP([24, 12], seed=3, deskew=deskew)
     tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
     mlp.save_architecture(model, tmp_path)
     restored = mlp.restore(tmp_path)
-    assert restored.hidden_units == [24, 12]
+    assert restored.hidden_units == [24, 12] and restored.deskew is deskew
     for a, b in zip(model.trainable_variables, restored.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_model_json_without_deskew_restores_a_plain_model(tmp_path, tf):
+    """model.json files written before the deskew option existed still load, as not deskewing."""
+    import json
+
+    from stages import model as mlp
+
+    model = _mlp([8], seed=1)
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    (tmp_path / "model.json").write_text(json.dumps({"input_size": 784, "hidden_units": [8], "num_classes": 10}))
+    assert mlp.restore(tmp_path).deskew is False
+
+
+def test_a_deskewing_model_deskews_on_every_inference_path(tf):
+    from stages.model import MLP, predict_logits
+    from stages.preprocessing import to_model_input
+
+    images = np.random.default_rng(2).integers(0, 256, size=(5, 784), dtype=np.uint8) * (
+        np.random.default_rng(3).random((5, 784)) < 0.15
+    ).astype(np.uint8)
+    model = MLP([32], seed=4, deskew=True)
+    expected = model(to_model_input(images, deskew=True)).numpy()
+    plain = model(to_model_input(images)).numpy()
+    assert np.abs(expected - plain).max() > 1e-3  # deskewing these images changes the logits
+    np.testing.assert_allclose(model(model.inputs(images)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.logits_for_images(tf.constant(images)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(predict_logits(model, images, batch_size=2), expected, rtol=1e-5, atol=1e-5)

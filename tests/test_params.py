@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DELETE, REPO, base_params, with_overrides
+from conftest import DELETE, REPO, SYNTHETIC_MODEL, base_params, with_overrides
 from stages import cli, params
 
 
 def test_repo_params_are_valid():
-    p = params.validate(base_params())
+    p = params.load(REPO / "params.yaml")
     assert p.train.optimizer in ("adam", "sgd")
-    assert p == params.load(REPO / "params.yaml")
+    synthetic = params.validate(base_params())  # the same file, with SYNTHETIC_MODEL
+    assert synthetic.model == p.model.model_copy(update=SYNTHETIC_MODEL)
+    assert (synthetic.data, synthetic.train) == (p.data, p.train)
 
 
 def test_every_schema_key_is_in_params_yaml_and_back():
@@ -66,6 +68,7 @@ BAD = [
     ("hidden-zero", {"model.hidden_units": [64, 0]}, "model.hidden_units.1", "greater than or equal to 1"),
     ("hidden-float", {"model.hidden_units": [64.0]}, "model.hidden_units.0", "integer"),
     ("hidden-scalar", {"model.hidden_units": 64}, "model.hidden_units", "list"),
+    ("deskew-text", {"model.deskew": "yes"}, "model.deskew", "boolean"),
     ("optimizer-enum", {"train.optimizer": "rmsprop"}, "train.optimizer", "'adam' or 'sgd'"),
     ("schedule-enum", {"train.lr_schedule": "linear"}, "train.lr_schedule", "'constant' or 'cosine'"),
     ("source-enum", {"data.source": "web"}, "data.source", "'bundled'"),

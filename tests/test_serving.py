@@ -5,13 +5,13 @@ import pytest
 pytestmark = pytest.mark.usefixtures("tf")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tf):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "deskew"])
+def exported(tmp_path_factory, tf, request):
     """A tiny MLP with non-zero biases, saved with the serving signature and loaded back."""
     from stages.model import MLP
     from stages.serving import serving_module
 
-    model = MLP([16], seed=3)
+    model = MLP([16], seed=3, deskew=request.param)
     for b in model.biases:
         b.assign(tf.random.stateless_normal(b.shape, seed=[1, b.shape[0]]) * 0.1)
     module = serving_module(model)
@@ -49,7 +49,7 @@ def test_signature_reproduces_the_model(exported, tf, n):
     images = _images(n, seed=n)
     out = loaded.signatures["serving_default"](images=tf.constant(images))
     probabilities, class_ids = out["probabilities"].numpy(), out["class_ids"].numpy()
-    logits = model(to_model_input(images)).numpy()
+    logits = model(to_model_input(images, deskew=model.deskew)).numpy()
     assert probabilities.shape == (n, 10) and probabilities.dtype == np.float32
     assert class_ids.shape == (n,) and class_ids.dtype == np.int64
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-5)

@@ -12,11 +12,11 @@ from stages.model import MLP
 from stages.serving import serving_module
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "deskew"])
+def exported(tmp_path_factory, request):
     """A small trained-looking SavedModel (random weights are enough for equality checks) and test images."""
     folder = tmp_path_factory.mktemp("export") / "saved_model"
-    module = serving_module(MLP([64, 32], seed=3))
+    module = serving_module(MLP([64, 32], seed=3, deskew=request.param))
     tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
     images = np.random.default_rng(0).integers(0, 256, size=(1200, 28, 28), dtype=np.uint8)
     reference = tf.saved_model.load(str(folder)).signatures["serving_default"](images=tf.constant(images))

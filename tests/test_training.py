@@ -251,3 +251,27 @@ def test_run_with_ema_keeps_and_returns_the_average(data):
     _, accuracy = training.evaluate_arrays(averaged.model, *data[1])
     assert accuracy == averaged.best_val_accuracy
     assert averaged.history[averaged.best_epoch - 1]["val_accuracy"] == accuracy
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager-graph", "xla"])
+def test_a_deskewing_model_trains_on_deskewed_images(data, jit_compile):
+    """The step feeds the model through model.inputs, so training sees what evaluation and serving see;
+    the moving average (the model that is kept) deskews as well."""
+    import tensorflow as tf
+
+    from stages import training
+    from stages.model import MLP
+    from stages.preprocessing import to_model_input
+
+    p = make_params(**{**TINY, "model__deskew": True, "train__jit_compile": jit_compile, "train__ema_decay": 0.9})
+    train_x, train_y = data[0]
+    model = MLP(p.model.hidden_units, seed=p.train.seed, deskew=True)
+    dataset = training.batches(train_x, train_y, 32, p.train.seed)
+    trainer = training.Trainer(model, p.train, 32, len(train_y) // 32, dataset)
+    assert trainer.eval_model.deskew
+    images, labels = train_x[:32], train_y[:32]
+    deskewed = training.softmax_cross_entropy(model(to_model_input(images, deskew=True)), labels)
+    plain = training.softmax_cross_entropy(model(to_model_input(images)), labels)
+    assert abs(float(deskewed) - float(plain)) > 1e-3  # the two preprocessings are told apart
+    loss, _ = trainer.step(tf.constant(images), tf.constant(labels), tf.constant([0, 1], tf.int64))
+    assert float(loss) == pytest.approx(float(deskewed), abs=1e-5)
