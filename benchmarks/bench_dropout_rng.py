@@ -9,7 +9,6 @@ stages/model.py picks threefry under XLA and philox outside it from these figure
 """
 import argparse
 import os
-import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,8 +45,7 @@ def main(argv=None) -> None:
     }
     times = timing.alternate(contenders, args.rounds)
     print(f"{STEPS} dropout masks of {list(SHAPE)}, median of {args.rounds} rounds")
-    for name, t in times.items():
-        print(f"{name:<34} {statistics.median(t):7.3f} s  (rounds: {', '.join(f'{s:.3f}' for s in t)})")
+    timing.print_medians(times, "s")
 
 
 if __name__ == "__main__":

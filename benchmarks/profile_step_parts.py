@@ -11,7 +11,6 @@ Each part runs 390 times (one epoch at batch 128) inside one tf.function call, a
 """
 import argparse
 import os
-import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -63,8 +62,7 @@ def main(argv=None) -> None:
     times = timing.alternate(contenders(args.hidden), args.rounds)
     arch = "-".join(map(str, [784, *args.hidden, 10]))
     print(f"{STEPS} steps of batch {BATCH}, MLP {arch}, median of {args.rounds} rounds")
-    for name, t in times.items():
-        print(f"{name:<14} {statistics.median(t):6.3f} s/epoch  (rounds: {', '.join(f'{s:.3f}' for s in t)})")
+    timing.print_medians(times, "s/epoch")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """What the benchmarks share: timing contenders side by side, and a compiled part run once per step."""
+import statistics
 import time
 
 
@@ -32,3 +33,26 @@ def epoch_loop(part, steps: int, jit_compile: bool):
         return total
 
     return lambda: run().numpy()
+
+
+def print_medians(times: dict[str, list[float]], unit: str = "s/epoch", digits: int = 3) -> None:
+    """One line per contender: its median and every round."""
+    width = max(map(len, times))
+    for name, t in times.items():
+        rounds = ", ".join(f"{s:.{digits}f}" for s in t)
+        print(f"{name:<{width}} {statistics.median(t):7.{digits}f} {unit}  (rounds: {rounds})")
+
+
+def trainer_epoch(trainer, steps: int, steps_per_call: int):
+    """A callable running one epoch of `steps` steps of a stages.training.Trainer, `steps_per_call`
+    steps per call, as the train stage does."""
+    import tensorflow as tf
+
+    def epoch():
+        done = 0
+        while done < steps:
+            n = min(steps_per_call, steps - done)
+            trainer.steps(tf.constant(n, tf.int32))[0].numpy()
+            done += n
+
+    return epoch

@@ -1,4 +1,5 @@
-"""The one preprocessing step, shared by train, evaluate and the exported serving signature."""
+"""The one preprocessing step, shared by train, evaluate and the exported serving signature:
+scaling to [0, 1], and the deskewing a model with `model.deskew` applies to its inputs."""
 import tensorflow as tf
 
 SIDE = 28
@@ -7,7 +8,7 @@ INPUT_SIZE = SIDE * SIDE
 
 def to_model_input(images: tf.Tensor, deskew: bool = False) -> tf.Tensor:
     """uint8 images [B, 28, 28] or [B, 784] -> float32 [B, 784] with pixels scaled to [0, 1],
-    deskewed (see `deskew`) if asked."""
+    deskewed (`deskew_images`) if asked."""
     x = tf.cast(images, tf.float32) / 255.0
     if deskew:
         x = deskew_images(tf.reshape(x, [-1, SIDE, SIDE]))
@@ -18,7 +19,8 @@ def deskew_images(x: tf.Tensor) -> tf.Tensor:
     """Straighten each image [B, 28, 28] by its second moments: shear rows sideways so the digit's
     slant (covariance of row and column over the variance of the row) becomes 0, and move its centre
     of mass to the middle. Bilinear sampling, zeros outside: the deskewing of LeCun et al.'s MNIST
-    table, as scipy.ndimage.affine_transform(image, [[1, 0], [slant, 1]], offset, order=1) computes it.
+    table, as scipy.ndimage.affine_transform(image, [[1, 0], [slant, 1]], offset, order=1,
+    mode="grid-constant") computes it.
     A blank image stays blank."""
     grid = tf.range(SIDE, dtype=tf.float32)
     mass = tf.maximum(tf.reduce_sum(x, [1, 2]), 1e-6)  # [B]
