@@ -11,7 +11,7 @@ import tensorflow as tf
 from stages import distribution, optimizers
 from stages.cli import UserError
 from stages.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
-from stages.preprocessing import INPUT_SIZE
+from stages.preprocessing import INPUT_SIZE, SIDE
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -33,12 +33,11 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) 
 
 def shift_images(x: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
     """Shift each image [B, 784] by its own random offset of up to `max_shift` pixels, filling with 0."""
-    size = 28
     batch = tf.shape(x)[0]
-    padded = tf.pad(tf.reshape(x, [-1, size, size]), [[0, 0], [max_shift, max_shift], [max_shift, max_shift]])
+    padded = tf.pad(tf.reshape(x, [-1, SIDE, SIDE]), [[0, 0], [max_shift, max_shift], [max_shift, max_shift]])
     offsets = tf.random.stateless_uniform([batch, 2], seed=seed, maxval=2 * max_shift + 1, dtype=tf.int32)
-    rows = offsets[:, :1] + tf.range(size)[None, :]
-    cols = offsets[:, 1:] + tf.range(size)[None, :]
+    rows = offsets[:, :1] + tf.range(SIDE)[None, :]
+    cols = offsets[:, 1:] + tf.range(SIDE)[None, :]
     cropped = tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
     return tf.reshape(cropped, [-1, INPUT_SIZE])
 

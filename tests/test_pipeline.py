@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SYNTHETIC_MODEL, idx_bytes, make_mnist, write_idx
+from conftest import REPO, base_params, idx_bytes, make_mnist, write_idx
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 1200, 300, 200, 500
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -102,9 +102,8 @@ def tiny_repo(repo, mnist, message: str, **sections) -> None:
             continue  # the tests are not part of the pipeline; a stale lock would only be rewritten
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / path, repo / path)
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw = base_params()
     raw["data"].update(source="idx", idx_dir="data/raw", verify=False)
-    raw["model"].update(SYNTHETIC_MODEL)
     for section, values in sections.items():
         raw[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
