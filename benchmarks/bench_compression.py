@@ -5,6 +5,7 @@
 Prepares both variants into a temporary folder with `python -m stages.prepare`, then times
 `records.read_split` on each, alternating, and prints medians.
 """
+
 import argparse
 import statistics
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from stages import cli
+from stages.lib import cli
 
 
 def prepare(folder: Path, compression: str, params_path: str) -> Path:
@@ -25,9 +26,19 @@ def prepare(folder: Path, compression: str, params_path: str) -> Path:
     params_file.write_text(yaml.safe_dump(raw))
     out = folder / compression
     subprocess.run(
-        [sys.executable, "-m", "stages.prepare", "--params", str(params_file), "--out", str(out),
-         "--samples", str(folder / f"samples-{compression}.png")],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "--params",
+            str(params_file),
+            "--out",
+            str(out),
+            "--samples",
+            str(folder / f"samples-{compression}.png"),
+        ],
+        check=True,
+        capture_output=True,
     )
     return out
 
@@ -38,7 +49,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     cli.import_tensorflow()
-    from stages import records
+    from stages.lib import records
 
     with tempfile.TemporaryDirectory() as tmp:
         folders = {c: prepare(Path(tmp), c, args.params) for c in ("none", "gzip")}

@@ -5,15 +5,16 @@ benchmarks/RESULTS.md):
 
 One "epoch" is 390 masks of [128, 3856] (batch 128 of a 784-1024-1024-1024 MLP: the input and the
 three hidden layers), each drawn in its own compiled call as in the training step, from a fresh seed.
-stages/model.py picks threefry under XLA and philox outside it from these figures.
+stages/lib/model.py picks threefry under XLA and philox outside it from these figures.
 """
+
 import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import timing  # noqa: E402
-from stages import cli  # noqa: E402
+from stages.lib import cli  # noqa: E402
 
 STEPS, SHAPE = 390, (128, 784 + 3 * 1024)
 
@@ -21,7 +22,7 @@ STEPS, SHAPE = 390, (128, 784 + 3 * 1024)
 def epoch_of_masks(alg: str, jit_compile: bool):
     import tensorflow as tf
 
-    from stages.model import dropout
+    from stages.lib.model import dropout
 
     x = tf.ones(SHAPE)
 

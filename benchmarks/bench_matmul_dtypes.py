@@ -4,6 +4,7 @@ through XLA, alternating. Run by hand (results in benchmarks/RESULTS.md):
 
     python -m benchmarks.bench_matmul_dtypes --hidden 700 500 --rounds 3
 """
+
 import argparse
 import os
 
@@ -11,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.bench_training import matmul_part  # noqa: E402
-from stages import cli  # noqa: E402
+from stages.lib import cli  # noqa: E402
 
 STEPS, BATCH = 390, 128
 

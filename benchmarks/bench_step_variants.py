@@ -1,5 +1,5 @@
 """Ways round the loop's remaining gap to the matmul bound that did not pay, kept so the finding can
-be rerun. Our training loop (stages.training.Trainer, one XLA step) against variants of it, one epoch
+be rerun. Our training loop (stages.lib.training.Trainer, one XLA step) against variants of it, one epoch
 each, alternating. Run by hand (results in benchmarks/RESULTS.md):
 
     python -m benchmarks.bench_step_variants --rounds 3
@@ -9,6 +9,7 @@ each, alternating. Run by hand (results in benchmarks/RESULTS.md):
 - in-graph batches:    no tf.data; each epoch a permutation in a variable, batches gathered in the graph;
 - one constant batch:  no input at all, the same batch every step (what input could cost at most).
 """
+
 import argparse
 import os
 
@@ -16,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.bench_training import load_train, matmul_bound  # noqa: E402
-from stages import cli, params  # noqa: E402
+from stages.lib import cli, params  # noqa: E402
 
 BATCH, HIDDEN = 128, [700, 500]
 
@@ -24,8 +25,8 @@ BATCH, HIDDEN = 128, [700, 500]
 def contenders(images, labels, cfg):
     import tensorflow as tf
 
-    from stages import model as mlp
-    from stages import training
+    from stages.lib import model as mlp
+    from stages.lib import training
 
     steps = len(labels) // BATCH
 
@@ -50,6 +51,7 @@ def contenders(images, labels, cfg):
 
     def batches_from(source):
         """Replace the trainer's tf.data batches by source(trainer) -> (images, labels)."""
+
         def patch(trainer):
             def steps(n):
                 losses, correct = tf.TensorArray(tf.float32, size=n), tf.constant(0, tf.int64)
@@ -61,6 +63,7 @@ def contenders(images, labels, cfg):
                 return losses.stack(), correct
 
             trainer.steps = tf.function(steps, input_signature=[tf.TensorSpec([], tf.int32)])
+
         return patch
 
     all_images, all_labels = tf.constant(images), tf.constant(labels)
@@ -70,7 +73,9 @@ def contenders(images, labels, cfg):
         k = trainer.optimizer.iterations % steps
         if k == 0:
             shuffled = tf.random.experimental.stateless_shuffle(
-                tf.range(len(labels), dtype=tf.int64), seed=tf.stack([tf.constant(0, tf.int64), trainer.optimizer.iterations]))
+                tf.range(len(labels), dtype=tf.int64),
+                seed=tf.stack([tf.constant(0, tf.int64), trainer.optimizer.iterations]),
+            )
             permutation.assign(shuffled[: steps * BATCH])
         index = permutation[k * BATCH : (k + 1) * BATCH]
         return tf.gather(all_images, index), tf.gather(all_labels, index)

@@ -6,6 +6,7 @@ and the machine's matmul bound for the same shapes. Run by hand (results in benc
 Each round times one epoch of every contender in turn (after one warm-up epoch each), so a noisy
 machine affects all of them alike; the report gives medians and ratios.
 """
+
 import argparse
 import os
 import statistics
@@ -13,19 +14,19 @@ import statistics
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import timing  # noqa: E402
-from stages import cli, params  # noqa: E402
+from stages.lib import cli, params  # noqa: E402
 
 
 def load_train(data_dir: str):
-    from stages import records
+    from stages.lib import records
 
     return records.read_split(data_dir, "train")
 
 
 def ours(images, labels, hidden, batch, cfg, deskew=False):
-    """The train stage's loop (stages.training.Trainer): returns a function running one epoch."""
-    from stages import training
-    from stages.model import MLP
+    """The train stage's loop (stages.lib.training.Trainer): returns a function running one epoch."""
+    from stages.lib import training
+    from stages.lib.model import MLP
 
     steps = len(labels) // batch
     dataset = training.batches(images, labels, batch, seed=0)
@@ -37,9 +38,9 @@ def guide_loop(images, labels, hidden, batch):
     """The TF Core MLP guide's shape: per-step Python loop over a tf.data pipeline, step in tf.function."""
     import tensorflow as tf
 
-    from stages import optimizers
-    from stages.model import MLP
-    from stages.preprocessing import to_model_input
+    from stages.lib import optimizers
+    from stages.lib.model import MLP
+    from stages.lib.preprocessing import to_model_input
 
     model = MLP(hidden, seed=0)
     variables = list(model.trainable_variables)
@@ -109,8 +110,14 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[700, 500])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dropout", type=float, nargs=2, default=[0.0, 0.0], metavar=("INPUT", "HIDDEN"),
-                        help="dropout rates in our loop (the other contenders have none)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        nargs=2,
+        default=[0.0, 0.0],
+        metavar=("INPUT", "HIDDEN"),
+        help="dropout rates in our loop (the other contenders have none)",
+    )
     parser.add_argument("--deskew", action="store_true", help="add our loop with model.deskew as a contender")
     parser.add_argument("--only", nargs="*", help="subset of contenders")
     args = parser.parse_args(argv)
@@ -123,9 +130,15 @@ def main(argv=None) -> None:
     images, labels = load_train(args.data)
 
     contenders = {
-        "ours (XLA)": lambda: ours(images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": True})),
-        "ours (no XLA)": lambda: ours(images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": False})),
-        "ours (XLA, deskew)": lambda: ours(images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": True}), deskew=True),
+        "ours (XLA)": lambda: ours(
+            images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": True})
+        ),
+        "ours (no XLA)": lambda: ours(
+            images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": False})
+        ),
+        "ours (XLA, deskew)": lambda: ours(
+            images, labels, args.hidden, args.batch, cfg.model_copy(update={"jit_compile": True}), deskew=True
+        ),
         "guide-style loop": lambda: guide_loop(images, labels, args.hidden, args.batch),
         "keras fit": lambda: keras_fit(images, labels, args.hidden, args.batch),
         "matmul bound": lambda: matmul_bound(len(labels), args.hidden, args.batch),
@@ -150,8 +163,10 @@ def main(argv=None) -> None:
         total = {name: sum(t) for name, t in times.items()}
         for name in total:
             if name not in ("ours (XLA)", "matmul bound"):
-                print(f"all {args.rounds} rounds: {name} {total[name]:.2f} s, ours (XLA) {total['ours (XLA)']:.2f} s, "
-                      f"{total[name] / total['ours (XLA)']:.2f}x as fast")
+                print(
+                    f"all {args.rounds} rounds: {name} {total[name]:.2f} s, ours (XLA) {total['ours (XLA)']:.2f} s, "
+                    f"{total[name] / total['ours (XLA)']:.2f}x as fast"
+                )
 
 
 if __name__ == "__main__":

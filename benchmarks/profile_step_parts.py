@@ -9,6 +9,7 @@ Each part runs 390 times (one epoch at batch 128) inside one tf.function call, a
 - matmuls (XLA):  only the step's matmuls (bench_training.matmul_part), compiled with XLA;
 - matmuls (TF):   the same matmuls through TensorFlow's own (oneDNN) kernels: bench_training's matmul bound.
 """
+
 import argparse
 import os
 
@@ -16,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import timing  # noqa: E402
 from benchmarks.bench_training import matmul_part  # noqa: E402
-from stages import cli  # noqa: E402
+from stages.lib import cli  # noqa: E402
 
 STEPS, BATCH = 390, 128
 
@@ -24,8 +25,8 @@ STEPS, BATCH = 390, 128
 def contenders(hidden):
     import tensorflow as tf
 
-    from stages import optimizers
-    from stages.model import MLP
+    from stages.lib import optimizers
+    from stages.lib.model import MLP
 
     model = MLP(hidden, seed=0)
     variables = list(model.trainable_variables)

@@ -1,4 +1,5 @@
 """What the benchmarks share: timing contenders side by side, and a compiled part run once per step."""
+
 import statistics
 import time
 
@@ -44,7 +45,7 @@ def print_medians(times: dict[str, list[float]], unit: str = "s/epoch", digits: 
 
 
 def trainer_epoch(trainer, steps: int, steps_per_call: int):
-    """A callable running one epoch of `steps` steps of a stages.training.Trainer, `steps_per_call`
+    """A callable running one epoch of `steps` steps of a stages.lib.training.Trainer, `steps_per_call`
     steps per call, as the train stage does."""
     import tensorflow as tf
 

@@ -4,12 +4,13 @@
         --metrics reports/metrics.json --per-class reports/per_class.json \\
         --predictions reports/predictions.csv --confusion reports/confusion_matrix.png
 """
+
 import argparse
 import io
 
 import numpy as np
 
-from stages import atomic, cli, params
+from stages.lib import atomic, cli, params
 
 
 def split_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -30,10 +31,16 @@ def split_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
 def per_class(labels: np.ndarray, predicted: np.ndarray) -> dict:
     from sklearn.metrics import precision_recall_fscore_support
 
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=range(10), zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(10), zero_division=0
+    )
     return {
-        str(d): {"precision": round(float(precision[d]), 6), "recall": round(float(recall[d]), 6),
-                 "f1": round(float(f1[d]), 6), "support": int(support[d])}
+        str(d): {
+            "precision": round(float(precision[d]), 6),
+            "recall": round(float(recall[d]), 6),
+            "f1": round(float(f1[d]), 6),
+            "support": int(support[d]),
+        }
         for d in range(10)
     }
 
@@ -58,12 +65,17 @@ def most_confident_errors(labels: np.ndarray, logits: np.ndarray, count: int) ->
 
 
 def picture_most_confident_errors(images, labels, logits, path, count: int = 30) -> None:
-    from stages import figures
+    from stages.lib import figures
 
     chosen, confidence = most_confident_errors(labels, logits, count)
     predicted = logits.argmax(axis=1)
     captions = [f"true {labels[i]} → {predicted[i]}\n{p:.0%}" for i, p in zip(chosen, confidence)]
-    figures.digit_grid(images[chosen], captions, path, f"The {len(chosen)} most confidently wrong test digits (true → predicted, probability)")
+    figures.digit_grid(
+        images[chosen],
+        captions,
+        path,
+        f"The {len(chosen)} most confidently wrong test digits (true → predicted, probability)",
+    )
 
 
 def main(argv=None) -> None:
@@ -82,7 +94,8 @@ def main(argv=None) -> None:
     cli.import_tensorflow()
     from sklearn.metrics import confusion_matrix
 
-    from stages import figures, model as mlp, records
+    from stages.lib import figures, records
+    from stages.lib import model as mlp
 
     model = mlp.restore(args.checkpoint)
     splits = {name: records.read_split(args.data, name) for name in ("val", "test")}
@@ -95,14 +108,18 @@ def main(argv=None) -> None:
     atomic.write_text(args.predictions, predictions_csv(test_labels, test_predicted))
     with atomic.output_path(args.confusion) as tmp:
         figures.confusion_matrix(
-            confusion_matrix(test_labels, test_predicted, labels=range(10)), tmp,
+            confusion_matrix(test_labels, test_predicted, labels=range(10)),
+            tmp,
             f"MNIST test set: {metrics['test']['accuracy']:.2%} correct, {metrics['test']['errors']} errors",
         )
     with atomic.output_path(args.misclassified) as tmp:
         picture_most_confident_errors(splits["test"][0], test_labels, logits["test"], tmp)
     atomic.write_json(args.metrics, metrics)  # last: its presence means the whole stage completed
     for name, m in metrics.items():
-        print(f"evaluate: {name:<4} accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro_f1 {m['macro_f1']:.4f}  errors {m['errors']}")
+        print(
+            f"evaluate: {name:<4} accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  "
+            f"macro_f1 {m['macro_f1']:.4f}  errors {m['errors']}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ Signature serving_default(images: uint8[None, 28, 28]) -> {probabilities: float3
 class_ids: int64[None]}. The saved copy is reloaded in a fresh Python process and must reproduce
 evaluate's test accuracy exactly, or the stage fails and nothing is written.
 """
+
 import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from stages import atomic, cli, params
+from stages.lib import atomic, cli, params
+
+SIGNATURE = "serving_default(images: uint8[None, 28, 28]) -> {probabilities: float32[None, 10], class_ids: int64[None]}"
 
 
 def evaluated_test_accuracy(metrics_path: str) -> float:
@@ -28,7 +31,7 @@ def evaluated_test_accuracy(metrics_path: str) -> float:
 def check_in_fresh_process(saved_model: Path, data: str) -> dict:
     """Score the SavedModel in a new interpreter, so nothing of this process's graph can help it."""
     done = subprocess.run(
-        [sys.executable, "-m", "stages.serving", str(saved_model), data], capture_output=True, text=True
+        [sys.executable, "-m", "stages.score_saved_model", str(saved_model), data], capture_output=True, text=True
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -54,10 +57,11 @@ def main(argv=None) -> None:
     expected = evaluated_test_accuracy(args.metrics)
 
     tf = cli.import_tensorflow()
-    from stages import model as mlp, records
-    from stages.serving import serving_module
+    from stages.lib import model as mlp
+    from stages.lib import records
+    from stages.lib.serving import ServingModule
 
-    module = serving_module(mlp.restore(args.checkpoint))
+    module = ServingModule(mlp.restore(args.checkpoint))
     # Check the test shards here (sha256 only; the fresh process parses them), so damage is reported as such.
     records.verified_shards(args.data, "test", records.read_meta(args.data))
     with atomic.output_path(args.out, is_dir=True) as tmp:
@@ -65,7 +69,8 @@ def main(argv=None) -> None:
         found = check_in_fresh_process(tmp, args.data)
         if found["accuracy"] != expected:
             raise cli.UserError(
-                f"the SavedModel scores {found['accuracy']} on the test split, evaluate reported {expected}; nothing exported"
+                f"the SavedModel scores {found['accuracy']} on the test split, "
+                f"evaluate reported {expected}; nothing exported"
             )
         size = directory_bytes(tmp)
     atomic.write_json(
@@ -73,7 +78,7 @@ def main(argv=None) -> None:
         {
             "saved_model": args.out,
             "bytes": size,
-            "signature": "serving_default(images: uint8[None, 28, 28]) -> {probabilities: float32[None, 10], class_ids: int64[None]}",
+            "signature": SIGNATURE,
             "test_accuracy_evaluate": expected,
             "test_accuracy_saved_model": found["accuracy"],
             "reproduces_evaluate": True,

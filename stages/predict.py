@@ -8,6 +8,7 @@ bright on black, cropped to the ink, the longer side scaled to 20 px, centred by
 a 28x28 field. A picture that cannot be used gets one `error:` line, the others are still classified,
 and the exit code is then 1.
 """
+
 import argparse
 import json
 import sys
@@ -16,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages import cli
-from stages.digit_image import to_mnist
+from stages.lib import cli
+from stages.lib.digit_image import to_mnist
+
 
 def read_picture(path: str) -> np.ndarray:
     """Open `path` and return its 28x28 MNIST version; UserError (naming the file) if that is impossible."""
@@ -35,7 +37,9 @@ def read_picture(path: str) -> np.ndarray:
     except PermissionError:
         raise cli.UserError(f"{path}: cannot read it (permission denied)") from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise cli.UserError(f"{path}: not an image ({str(exc).splitlines()[0][:120] if str(exc) else 'damaged'})") from None
+        raise cli.UserError(
+            f"{path}: not an image ({str(exc).splitlines()[0][:120] if str(exc) else 'damaged'})"
+        ) from None
     try:
         return to_mnist(picture)
     except cli.UserError as exc:

@@ -1,12 +1,13 @@
 """Stage prepare: load MNIST, check it, split train/val/test, write TFRecord shards and meta.json.
 
-    python -m stages.prepare --params params.yaml --out data/prepared
+python -m stages.prepare --params params.yaml --out data/prepared
 """
+
 import argparse
 import json
 import time
 
-from stages import atomic, cli, mnist_facts, params, sources
+from stages.lib import atomic, cli, mnist_facts, params, sources
 
 
 def prepare_splits(data: sources.Mnist, val_size: int, seed: int) -> dict:
@@ -14,7 +15,11 @@ def prepare_splits(data: sources.Mnist, val_size: int, seed: int) -> dict:
     (train_x, train_y), (val_x, val_y) = mnist_facts.split_train_val(
         data.train_images, data.train_labels, val_size, seed
     )
-    return {"train": (train_x, train_y), "val": (val_x, val_y), "test": mnist_facts.canonical_test(data.test_images, data.test_labels)}
+    return {
+        "train": (train_x, train_y),
+        "val": (val_x, val_y),
+        "test": mnist_facts.canonical_test(data.test_images, data.test_labels),
+    }
 
 
 def sample_digits(images, labels, per_class: int = 8):
@@ -46,12 +51,13 @@ def main(argv=None) -> None:
     )
     if cfg.val_size >= len(data.train_labels):
         raise cli.ParamsError(
-            f"{args.params}: data.val_size = {cfg.val_size}: must be smaller than the {len(data.train_labels)} training images"
+            f"{args.params}: data.val_size = {cfg.val_size}: "
+            f"must be smaller than the {len(data.train_labels)} training images"
         )
     splits = prepare_splits(data, cfg.val_size, cfg.seed)
 
     cli.import_tensorflow()  # slow: only once the inputs are known to be good
-    from stages import records
+    from stages.lib import records
 
     with atomic.output_path(args.out, is_dir=True) as tmp:
         meta = {
@@ -67,12 +73,16 @@ def main(argv=None) -> None:
             },
         }
         (tmp / records.META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    from stages import figures
+    from stages.lib import figures
 
     images, labels = sample_digits(*splits["train"])
     with atomic.output_path(args.samples) as tmp:
-        figures.digit_grid(images, [str(d) for d in labels], tmp, f"Training digits ({cfg.source} source), 8 per class", columns=8)
-    sizes = ", ".join(f"{name} {entry['count']} ({len(entry['shards'])} shards)" for name, entry in meta["splits"].items())
+        figures.digit_grid(
+            images, [str(d) for d in labels], tmp, f"Training digits ({cfg.source} source), 8 per class", columns=8
+        )
+    sizes = ", ".join(
+        f"{name} {entry['count']} ({len(entry['shards'])} shards)" for name, entry in meta["splits"].items()
+    )
     print(f"prepare: wrote {sizes} to {args.out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -3,16 +3,18 @@
     python -m stages.train --params params.yaml --data data/prepared \\
         --checkpoint artifacts/checkpoint --live reports/train
 """
+
 import argparse
 import sys
 
-from stages import atomic, cli, params
+from stages.lib import atomic, cli, params
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
     return (
         f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  loss {r['loss']:.4f}  acc {r['accuracy']:.4f}  "
-        f"val_loss {r['val_loss']:.4f}  val_acc {r['val_accuracy']:.4f}  lr {r['learning_rate']:.2e}  {r['seconds']:.1f} s"
+        f"val_loss {r['val_loss']:.4f}  val_acc {r['val_accuracy']:.4f}  "
+        f"lr {r['learning_rate']:.2e}  {r['seconds']:.1f} s"
     )
 
 
@@ -26,7 +28,12 @@ def _scratch_outputs(args: argparse.Namespace) -> argparse.Namespace:
     scratch = tempfile.mkdtemp(prefix="mnist-mlp-worker-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     return argparse.Namespace(
-        **{**vars(args), "checkpoint": f"{scratch}/checkpoint", "live": f"{scratch}/live", "curves": f"{scratch}/curves.png"}
+        **{
+            **vars(args),
+            "checkpoint": f"{scratch}/checkpoint",
+            "live": f"{scratch}/live",
+            "curves": f"{scratch}/curves.png",
+        }
     )
 
 
@@ -44,7 +51,8 @@ def main(argv=None) -> None:
     from dvclive import Live
     from tqdm import tqdm
 
-    from stages import distribution, figures, model as mlp, records, training
+    from stages.lib import distribution, figures, records, training
+    from stages.lib import model as mlp
 
     strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # before any other TF work
     if not distribution.is_chief(strategy):  # every worker trains; only the chief writes the outputs
@@ -56,7 +64,8 @@ def main(argv=None) -> None:
     steps_per_epoch = len(train_data[1]) // p.train.batch_size
     if steps_per_epoch == 0:
         raise cli.ParamsError(
-            f"{args.params}: train.batch_size = {p.train.batch_size}: larger than the {len(train_data[1])} training images"
+            f"{args.params}: train.batch_size = {p.train.batch_size}: "
+            f"larger than the {len(train_data[1])} training images"
         )
     print(
         f"train: {len(train_data[1])} train / {len(val_data[1])} val images, MLP 784-"

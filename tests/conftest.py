@@ -3,6 +3,7 @@
 TensorFlow is imported lazily by the test modules that need it (and only once per session), so the
 params and sources tests stay fast.
 """
+
 import copy
 import gzip
 import os
@@ -71,7 +72,7 @@ PLAIN_TRAIN = dict(
 
 def make_params(**overrides):
     """Validated Params from base_params() with dotted overrides given as `train__epochs=3`."""
-    from stages import params
+    from stages.lib import params
 
     raw = with_overrides(base_params(), {k.replace("__", "."): v for k, v in overrides.items()})
     return params.validate(raw)
@@ -105,7 +106,7 @@ def make_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_mnist(n_train: int, n_test: int, seed: int = 0):
-    from stages.sources import Mnist
+    from stages.lib.sources import Mnist
 
     train_x, train_y = make_split(n_train, seed)
     test_x, test_y = make_split(n_test, seed + 1)
@@ -156,10 +157,10 @@ def params_dict() -> dict:
 def tf():
     """TensorFlow, imported once (quietly) for the modules that need it, with the CPU split into two
     logical devices (before any op runs, the only time that is possible) for the mirrored-strategy tests."""
-    from stages import cli
+    from stages.lib import cli
 
     tf = cli.import_tensorflow()
-    from stages import distribution
+    from stages.lib import distribution
 
     distribution.split_cpu(2)
     return tf

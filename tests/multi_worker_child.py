@@ -1,13 +1,13 @@
 """One worker of the multi-worker test (tests/test_distribution.py): TF_CONFIG comes from the
 environment; trains the tiny synthetic problem with train.strategy multi_worker and writes its
 final weights, its role and its loss history to the .npz named on the command line."""
+
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-
 from conftest import make_params  # noqa: E402  (tests/ is this script's folder, so on sys.path)
 from test_distribution import TINY, tiny_data  # noqa: E402
 
@@ -15,7 +15,7 @@ from test_distribution import TINY, tiny_data  # noqa: E402
 def main(out: str) -> None:
     import tensorflow as tf
 
-    from stages import distribution, training
+    from stages.lib import distribution, training
 
     p = make_params(**{**TINY, "train__strategy": "multi_worker"})
     strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # first: before any op

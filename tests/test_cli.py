@@ -1,9 +1,10 @@
 """What every entry point shares: the XLA flags it adds before TensorFlow starts."""
+
 import os
 
 import pytest
 
-from stages import cli
+from stages.lib import cli
 
 
 @pytest.mark.parametrize(

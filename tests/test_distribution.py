@@ -1,6 +1,7 @@
 """tf.distribute with the custom loop: two mirrored CPU replicas match one device on the same global
 batch and stay identical to each other; without the gradient all-reduce they would drift apart;
 two worker processes on localhost (TF_CONFIG, RING) train in step."""
+
 import json
 import os
 import socket
@@ -9,10 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_params, make_split
-from stages import cli
 from test_training import TINY as TRAINING_TINY
+
+from stages.lib import cli
 
 pytestmark = pytest.mark.usefixtures("tf")
 
@@ -27,18 +28,20 @@ def tiny_data():
 
 
 def _trainer(p, strategy):
-    from stages import training
-    from stages.model import MLP
+    from stages.lib import training
+    from stages.lib.model import MLP
 
     (train_x, train_y), _ = tiny_data()
     dataset = training.batches(train_x, train_y, p.train.batch_size, p.train.seed)
     with strategy.scope():
         model = MLP(p.model.hidden_units, seed=p.train.seed)
-        return training.Trainer(model, p.train, p.train.batch_size, len(train_y) // p.train.batch_size, dataset, strategy)
+        return training.Trainer(
+            model, p.train, p.train.batch_size, len(train_y) // p.train.batch_size, dataset, strategy
+        )
 
 
 def _mirrored():
-    from stages import distribution
+    from stages.lib import distribution
 
     strategy = distribution.make_strategy("mirrored", 2)
     assert strategy.num_replicas_in_sync == 2
@@ -55,7 +58,9 @@ def test_mirrored_replicas_match_one_device(jit_compile):
     variable, optimizer state included, is identical on both replicas."""
     import tensorflow as tf
 
-    p = make_params(**{**TINY, "train__jit_compile": jit_compile, "train__label_smoothing": 0.1, "train__max_norm": 1.0})
+    p = make_params(
+        **{**TINY, "train__jit_compile": jit_compile, "train__label_smoothing": 0.1, "train__max_norm": 1.0}
+    )
     one = _trainer(p, tf.distribute.get_strategy())
     two = _trainer(p, _mirrored())
     losses_one, correct_one = one.steps(tf.constant(6, tf.int32))
@@ -76,7 +81,7 @@ def test_without_the_all_reduce_replicas_drift_apart(monkeypatch):
     local copy, so replicas that each apply their own gradients silently diverge."""
     import tensorflow as tf
 
-    from stages import training
+    from stages.lib import training
 
     original = training.Trainer._replica_step
 
@@ -93,9 +98,9 @@ def test_without_the_all_reduce_replicas_drift_apart(monkeypatch):
 
 
 def test_mirrored_run_learns_like_the_default():
-    from stages import training
-
     import tensorflow as tf
+
+    from stages.lib import training
 
     p = make_params(**{**TINY, "train__jit_compile": False})
     tf.keras.utils.set_random_seed(p.train.seed)
@@ -117,7 +122,7 @@ def test_a_batch_that_does_not_split_over_the_replicas_is_refused():
 
 
 def test_multi_worker_needs_tf_config(monkeypatch):
-    from stages import distribution
+    from stages.lib import distribution
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(cli.UserError, match="TF_CONFIG is not set"):
@@ -130,7 +135,7 @@ def test_multi_worker_needs_tf_config(monkeypatch):
 def test_describe_names_strategy_and_replicas():
     import tensorflow as tf
 
-    from stages import distribution
+    from stages.lib import distribution
 
     assert distribution.describe("default", tf.distribute.get_strategy()) == "strategy default, 1 replica"
     assert distribution.describe("mirrored", _mirrored()) == "strategy mirrored, 2 replicas"
@@ -157,7 +162,11 @@ def _run_workers(argv_of_worker, env: dict, cwd=None) -> list[str]:
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = [
         subprocess.Popen(
-            argv_of_worker(i), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            argv_of_worker(i),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
         )
         for i in range(2)
@@ -175,7 +184,7 @@ def _run_workers(argv_of_worker, env: dict, cwd=None) -> list[str]:
 def test_two_workers_on_localhost_train_in_step(tmp_path):
     """Two processes, a TF_CONFIG cluster on 127.0.0.1, RING all-reduce: both finish, worker 0 is the
     chief, both hold the same weights, and those are one device's weights on the same global batches."""
-    from stages import training
+    from stages.lib import training
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     child = str(REPO / "tests" / "multi_worker_child.py")
@@ -201,7 +210,6 @@ def test_train_stage_as_two_workers_writes_only_the_chiefs_outputs(tmp_path):
     strategy, the chief writes the checkpoint and reports, the other worker's outputs go to a
     temporary folder that is gone when it exits."""
     import yaml
-
     from conftest import base_params, make_mnist, write_idx
 
     write_idx(tmp_path / "raw", make_mnist(600, 100, seed=3))
@@ -215,17 +223,43 @@ def test_train_stage_as_two_workers_writes_only_the_chiefs_outputs(tmp_path):
     (tmp_path / "scratch").mkdir()
     prepared = tmp_path / "prepared"
     subprocess.run(
-        [sys.executable, "-m", "stages.prepare", "--params", str(params_file), "--out", str(prepared),
-         "--samples", str(tmp_path / "samples.png")],
-        cwd=REPO, env=env, check=True, capture_output=True, timeout=WORKER_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "--params",
+            str(params_file),
+            "--out",
+            str(prepared),
+            "--samples",
+            str(tmp_path / "samples.png"),
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=WORKER_TIMEOUT,
     )
 
     outs = [tmp_path / f"worker{i}" for i in range(2)]
     logs = _run_workers(
-        lambda i: [sys.executable, "-m", "stages.train", "--params", str(params_file), "--data", str(prepared),
-                   "--checkpoint", str(outs[i] / "checkpoint"), "--live", str(outs[i] / "live"),
-                   "--curves", str(outs[i] / "curves.png")],
-        env, cwd=REPO,
+        lambda i: [
+            sys.executable,
+            "-m",
+            "stages.train",
+            "--params",
+            str(params_file),
+            "--data",
+            str(prepared),
+            "--checkpoint",
+            str(outs[i] / "checkpoint"),
+            "--live",
+            str(outs[i] / "live"),
+            "--curves",
+            str(outs[i] / "curves.png"),
+        ],
+        env,
+        cwd=REPO,
     )
     for log in logs:
         assert "strategy multi_worker, 2 replicas" in log, log

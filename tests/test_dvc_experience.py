@@ -6,6 +6,7 @@ Runs in a fresh git repo copied from this one, on tiny synthetic IDX data: `dvc 
 The Chromium test needs /usr/bin/chromium (or $CHROMIUM) and `npm ci` at the repo root; it is
 skipped, with the reason, when either is missing.
 """
+
 import csv
 import io
 import json
@@ -17,7 +18,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import REPO, make_mnist
 from test_pipeline import _git, _run, tiny_repo
 
@@ -44,8 +44,11 @@ def exp(tmp_path_factory):
     `dvc exp run` output."""
     repo = tmp_path_factory.mktemp("dvc_exp") / "repo"
     tiny_repo(
-        repo, make_mnist(N_TRAIN, N_TEST, seed=5), "copy of mnist-mlp",
-        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE), model=dict(hidden_units=[16]),
+        repo,
+        make_mnist(N_TRAIN, N_TEST, seed=5),
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
         train=dict(epochs=2, batch_size=32, learning_rate=BASE_LR),
     )
     _run(["dvc", "repro"], repo)
@@ -59,8 +62,11 @@ def exp(tmp_path_factory):
     name = re.search(r"Ran experiment\(s\): (\S+)", output)
     assert name, output
     yield SimpleNamespace(
-        repo=repo, baseline=baseline, metrics=json.loads((repo / "reports/metrics.json").read_text()),
-        name=name.group(1), output=output,
+        repo=repo,
+        baseline=baseline,
+        metrics=json.loads((repo / "reports/metrics.json").read_text()),
+        name=name.group(1),
+        output=output,
     )
 
 
@@ -94,8 +100,10 @@ def test_exp_show_lists_the_experiment(exp):
     assert lr_and_metrics(baseline["data"]) == (BASE_LR, exp.baseline)
     assert lr_and_metrics(experiments[0]["data"]) == (EXP_LR, exp.metrics)
 
-    rows = {row["Experiment"] or row["rev"]: row
-            for row in csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], exp.repo).stdout))}
+    rows = {
+        row["Experiment"] or row["rev"]: row
+        for row in csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], exp.repo).stdout))
+    }
     assert {"workspace", "main", exp.name} <= set(rows)
     for rev, lr, metrics in (("main", BASE_LR, exp.baseline), (exp.name, EXP_LR, exp.metrics)):
         assert float(rows[rev]["train.learning_rate"]) == lr
@@ -109,7 +117,9 @@ def test_exp_show_lists_the_experiment(exp):
 
 
 def test_params_diff_against_the_last_commit(exp):
-    expected = {"params.yaml": {"train.learning_rate": {"old": BASE_LR, "new": EXP_LR, "diff": pytest.approx(EXP_LR - BASE_LR)}}}
+    expected = {
+        "params.yaml": {"train.learning_rate": {"old": BASE_LR, "new": EXP_LR, "diff": pytest.approx(EXP_LR - BASE_LR)}}
+    }
     assert _json(["dvc", "params", "diff", "--json"], exp.repo) == expected  # workspace (the applied exp) vs HEAD
     assert _json(["dvc", "params", "diff", "HEAD", exp.name, "--json"], exp.repo) == expected
     assert _json(["dvc", "exp", "diff", "--json"], exp.repo)["params"] == expected
@@ -150,10 +160,15 @@ def _check_page(out_dir, revs: list[str], exp):
         assert {(row["rev"], row["filename"]) for row in values} == {
             (rev, f"{split}/{key}.tsv") for rev in revs for split in ("train", "val")
         }, div
-        assert sorted(int(row["step"]) for row in values if row["rev"] == revs[0] and row["filename"].startswith("val")) == [1, 2]
+        assert sorted(
+            int(row["step"]) for row in values if row["rev"] == revs[0] and row["filename"].startswith("val")
+        ) == [1, 2]
         assert specs[div]["encoding"]["x"]["title"] == "epoch"
-    workspace_val_loss = [float(row["loss"]) for row in specs["Loss_per_epoch"]["data"]["values"]
-                          if row["rev"] == "workspace" and row["filename"] == "val/loss.tsv"]
+    workspace_val_loss = [
+        float(row["loss"])
+        for row in specs["Loss_per_epoch"]["data"]["values"]
+        if row["rev"] == "workspace" and row["filename"] == "val/loss.tsv"
+    ]
     assert min(abs(v - exp.metrics["val"]["loss"]) for v in workspace_val_loss) < 1e-4  # the kept epoch
 
     confusion = specs["Confusion_matrix__test_"]["data"]["values"]
@@ -169,7 +184,8 @@ def _check_page(out_dir, revs: list[str], exp):
             assert f'<img src="{image}">' in html, image
             assert (out_dir / image).read_bytes()[:8] == PNG_MAGIC, image
     assert (out_dir / "static/workspace_reports_confusion_matrix.png").read_bytes() == (
-        exp.repo / "reports/confusion_matrix.png").read_bytes()
+        exp.repo / "reports/confusion_matrix.png"
+    ).read_bytes()
     return html
 
 
@@ -195,8 +211,13 @@ def test_plots_diff(exp, plots):
 
 
 def _chromium():
-    candidates = [os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    candidates = [
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
@@ -204,10 +225,20 @@ def _headless(chromium, profile, page, *args):
     """One headless Chromium run on a file:// page, with the network unreachable (the CDN scripts of
     DVC's template fail at once, so only the local node_modules can draw the charts)."""
     argv = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-        "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-        *args, page.as_uri(),
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        *args,
+        page.as_uri(),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}\n{done.stderr[-3000:]}"
@@ -245,10 +276,15 @@ def test_plots_render_offline_in_chromium(exp, plots, tmp_path):
         assert len(re.findall(r'<img src="static/\w+\.png">', dom)) == len(IMAGES) * revs
 
     shot = tmp_path / "dvc_plots.png"
-    _headless(chromium, tmp_path / "profile-shot", plots.show / "index.html",
-              f"--screenshot={shot}", "--window-size=1400,3000")
-    from PIL import Image
+    _headless(
+        chromium,
+        tmp_path / "profile-shot",
+        plots.show / "index.html",
+        f"--screenshot={shot}",
+        "--window-size=1400,3000",
+    )
     import numpy as np
+    from PIL import Image
 
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape == (3000, 1400, 3)
@@ -276,7 +312,9 @@ def test_misspelt_param_is_refused(exp):
         output = added.stdout + added.stderr
         assert added.returncode != 0, output
         errors = [line for line in output.splitlines() if line.startswith("error:")]
-        assert errors == ["error: params.yaml: unknown key train.learnig_rate (did you mean train.learning_rate?)"], output
+        assert errors == ["error: params.yaml: unknown key train.learnig_rate (did you mean train.learning_rate?)"], (
+            output
+        )
         assert "Traceback" not in output and "Running stage 'evaluate'" not in output, output
         assert "learnig_rate" in (repo / "params.yaml").read_text()  # DVC wrote the key; the schema caught it
     finally:

@@ -15,6 +15,7 @@ deletes the pulled data/prepared and fails in prepare ("not found"). Tracking th
 skips it while collecting stages, so `dvc push` silently leaves the raw files out even though git
 tracks their `.dvc` files (treeverse/dvc#10987). /.gitignore therefore ignores the IDX files by name.
 """
+
 import os
 import re
 from pathlib import Path
@@ -22,7 +23,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import IDX_NAMES, make_mnist
 from test_pipeline import _git, _run, tiny_repo
 
@@ -38,7 +38,8 @@ def _files(root, rel):
         return {rel: top.read_bytes()}
     return {
         os.path.relpath(Path(folder, name), root): Path(folder, name).read_bytes()
-        for folder, _, names in os.walk(top) for name in names
+        for folder, _, names in os.walk(top)
+        for name in names
     }
 
 
@@ -52,9 +53,13 @@ def _uncached(repo) -> set[str]:
     """Outputs dvc.yaml declares with `cache: false` (kept in git, never pushed)."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     return {
-        path for stage in stages.values() for key in ("outs", "metrics", "plots")
-        for entry in stage.get(key, []) if isinstance(entry, dict)
-        for path, options in entry.items() if options and options.get("cache") is False
+        path
+        for stage in stages.values()
+        for key in ("outs", "metrics", "plots")
+        for entry in stage.get(key, [])
+        if isinstance(entry, dict)
+        for path, options in entry.items()
+        if options and options.get("cache") is False
     }
 
 
@@ -64,8 +69,11 @@ def shared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dvc_remote")
     a, b, remote = tmp / "a", tmp / "b", tmp / "remote"
     tiny_repo(
-        a, make_mnist(1200, 300, seed=11), "copy of mnist-mlp",
-        data=dict(val_size=200, shard_size=500), model=dict(hidden_units=[64]),
+        a,
+        make_mnist(1200, 300, seed=11),
+        "copy of mnist-mlp",
+        data=dict(val_size=200, shard_size=500),
+        model=dict(hidden_units=[64]),
         train=dict(epochs=2, batch_size=64),
     )
     _run(["dvc", "add", *RAW], a)
@@ -80,7 +88,9 @@ def shared(tmp_path_factory):
 
     _git(tmp, "clone", "-q", str(a), str(b))
     before = SimpleNamespace(
-        present={p for p in (*RAW, "data/prepared", "artifacts/checkpoint", "artifacts/saved_model") if (b / p).exists()},
+        present={
+            p for p in (*RAW, "data/prepared", "artifacts/checkpoint", "artifacts/saved_model") if (b / p).exists()
+        },
         cache=(b / ".dvc/cache").exists(),
         status=_run(["dvc", "status"], b).stdout,
     )
@@ -98,7 +108,8 @@ def test_push_sends_every_cached_output_and_the_raw_files(shared):
         outs[path] = yaml.safe_load((shared.a / f"{path}.dvc").read_text())["outs"][0]["md5"]
     stored = {
         os.path.relpath(os.path.join(folder, name), shared.remote / "files/md5").replace(os.sep, "")
-        for folder, _, names in os.walk(shared.remote / "files/md5") for name in names
+        for folder, _, names in os.walk(shared.remote / "files/md5")
+        for name in names
     }
     missing = {path: md5 for path, md5 in outs.items() if md5 not in stored}
     assert not missing, f"not in the remote: {missing}"

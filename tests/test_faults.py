@@ -16,6 +16,7 @@ Slow (`python -m pytest -m slow tests/test_faults.py`):
   5. `dvc repro` then `dvc repro --force` in a copy of the repo: identical hashes.
 Serving's refusal of wrong dtypes and shapes is tested in test_serving.py.
 """
+
 import hashlib
 import importlib
 import json
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import DELETE, PLAIN_TRAIN, REPO, base_params, make_mnist, with_overrides, write_idx
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 600, 200, 100, 200
@@ -74,7 +74,7 @@ EXPORT_REPORT = dict(_stage_options("export"))["--report"]  # reports/export.jso
 
 def _stage_argv(stage: str, root: Path, params_path: Path) -> list[str]:
     """The stage's dvc.yaml arguments with every path moved under `root`; serving takes two positionals."""
-    if stage == "serving":
+    if stage == "score_saved_model":
         return [str(root / SAVED_MODEL), str(root / PREPARED)]
     argv = []
     for option, value in _stage_options(stage):
@@ -162,10 +162,17 @@ def _tiny_params(idx_dir: Path, **overrides) -> dict:
     return with_overrides(
         raw,
         {
-            "data.source": "idx", "data.idx_dir": str(idx_dir), "data.verify": False, "data.val_size": VAL_SIZE,
-            "data.seed": 0, "data.shard_size": SHARD_SIZE, "data.compression": "none",
+            "data.source": "idx",
+            "data.idx_dir": str(idx_dir),
+            "data.verify": False,
+            "data.val_size": VAL_SIZE,
+            "data.seed": 0,
+            "data.shard_size": SHARD_SIZE,
+            "data.compression": "none",
             "model.hidden_units": [16],
-            "train.epochs": 1, "train.batch_size": 32, "train.jit_compile": False,
+            "train.epochs": 1,
+            "train.batch_size": 32,
+            "train.jit_compile": False,
             **overrides,
         },
     )
@@ -177,22 +184,30 @@ def _write_params(path: Path, raw: dict) -> Path:
 
 
 def _env(*extra_path) -> dict:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.pathsep.join([*map(str, extra_path), str(REPO)])}
+    env = {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join([*map(str, extra_path), str(REPO)]),
+    }
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it: the stages quieten TensorFlow themselves
     return env
 
 
 def _run_stage(stage: str, argv: list[str], cwd: Path, timeout: float = STAGE_TIMEOUT):
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}", *argv], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env=_env(),
+        [sys.executable, "-m", f"stages.{stage}", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
     )
 
 
 def _run_in_process(stage: str, argv: list[str], capfd) -> tuple[int, str, str]:
     """`python -m stages.<stage>` minus the interpreter start: cli.run(main). Any exception other than
     the SystemExit that cli.run turns a UserError into propagates, i.e. it would have been a traceback."""
-    from stages import cli
+    from stages.lib import cli
 
     module = importlib.import_module(f"stages.{stage}")
     capfd.readouterr()
@@ -230,8 +245,8 @@ def mini_repo(tmp_path_factory, tf):
     evaluate run in-process through their main(); the SavedModel is a different (untrained) model,
     saved as export saves it, so a previous export is distinguishable from a new one."""
     from stages import evaluate, prepare, train
-    from stages.model import MLP
-    from stages.serving import serving_module
+    from stages.lib.model import MLP
+    from stages.lib.serving import ServingModule
 
     root = tmp_path_factory.mktemp("faults") / "repo"
     write_idx(root / "data" / "raw", make_mnist(N_TRAIN, N_TEST, seed=7))
@@ -244,7 +259,7 @@ def mini_repo(tmp_path_factory, tf):
     finally:
         os.chdir(cwd)
         _disable_op_determinism()  # train.main turned it on for this process
-    module = serving_module(MLP([16], seed=1))
+    module = ServingModule(MLP([16], seed=1))
     tf.saved_model.save(module, str(root / SAVED_MODEL), signatures={"serving_default": module.serve})
     _fake_previous(root / EXPORT_REPORT)
     for stage in STAGES:  # any output dvc.yaml gains later gets a stand-in previous version
@@ -283,9 +298,18 @@ BAD_PARAMS = [
     ("optimizer-rmsprop", {"train.optimizer": "rmsprop"}, "train.optimizer", "'adam' or 'sgd'"),
     ("jit-as-int", {"train.jit_compile": 1}, "train.jit_compile", "boolean"),
     ("warmup-too-long", {"train.epochs": 3, "train.warmup_epochs": 3}, "train.warmup_epochs", "train.epochs"),
-    ("nesterov-with-adam", {"train.optimizer": "adam", "train.momentum": 0.0, "train.nesterov": True},
-     "train.nesterov", "sgd"),
-    ("batch-larger-than-split", {"data.val_size": 59_000, "train.batch_size": 1001}, "train.batch_size", "data.val_size"),
+    (
+        "nesterov-with-adam",
+        {"train.optimizer": "adam", "train.momentum": 0.0, "train.nesterov": True},
+        "train.nesterov",
+        "sgd",
+    ),
+    (
+        "batch-larger-than-split",
+        {"data.val_size": 59_000, "train.batch_size": 1001},
+        "train.batch_size",
+        "data.val_size",
+    ),
     ("not-yaml", "train: [unclosed\n", None, "not valid YAML"),
     ("no-file", None, None, "cannot read params file"),
 ]
@@ -317,7 +341,11 @@ def test_bad_params_exit_2_with_one_line_and_touch_nothing(tmp_path, content, ke
     running = {
         stage: subprocess.Popen(
             [sys.executable, "-m", f"stages.{stage}", *_stage_argv(stage, root, params_path)],
-            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for stage in STAGES
     }
@@ -393,7 +421,10 @@ DATA_DAMAGE = {
     "meta-not-json": lambda root, split: (_truncate(root / PREPARED / "meta.json", 40), "prepare"),
     "meta-other-schema": lambda root, split: (_edit_meta(root, lambda m: m.update(schema_version=99)), "prepare"),
     "meta-shards-malformed": lambda root, split: (_edit_meta(root, _split_malformed(split)), "prepare"),
-    "meta-compression-unknown": lambda root, split: (_edit_meta(root, lambda m: m.update(compression="zstd")), "prepare"),
+    "meta-compression-unknown": lambda root, split: (
+        _edit_meta(root, lambda m: m.update(compression="zstd")),
+        "prepare",
+    ),
     "shard-flipped-byte": lambda root, split: (_flip_byte(_shards(root, split)[-1]), "prepare"),
     "shard-truncated": lambda root, split: (_truncate(_shards(root, split)[-1]), "prepare"),
     "shard-empty": lambda root, split: (_truncate(_shards(root, split)[-1], 0), "prepare"),
@@ -411,11 +442,18 @@ CHECKPOINT_DAMAGE = {
     "model-json-missing": lambda root, split: (_remove(root / CHECKPOINT / "model.json"), "train"),
     "model-json-garbage": lambda root, split: (_garbage(root / CHECKPOINT / "model.json"), "train"),
     "model-json-not-object": lambda root, split: (_write(root / CHECKPOINT / "model.json", "[16]\n"), "train"),
-    "model-json-negative": lambda root, split: (_write(root / CHECKPOINT / "model.json", '{"hidden_units": [-3]}'), "train"),
+    "model-json-negative": lambda root, split: (
+        _write(root / CHECKPOINT / "model.json", '{"hidden_units": [-3]}'),
+        "train",
+    ),
     "model-json-deskew-not-bool": lambda root, split: (
-        _write(root / CHECKPOINT / "model.json", '{"hidden_units": [16], "deskew": "yes"}'), "train"),
+        _write(root / CHECKPOINT / "model.json", '{"hidden_units": [16], "deskew": "yes"}'),
+        "train",
+    ),
     "model-json-other-width": lambda root, split: (  # valid, but not the checkpoint's shapes: the folder is named
-        _write(root / CHECKPOINT / "model.json", '{"hidden_units": [32]}').parent, "train"),
+        _write(root / CHECKPOINT / "model.json", '{"hidden_units": [32]}').parent,
+        "train",
+    ),
 }
 METRICS_DAMAGE = {
     "metrics-missing": lambda root, split: (_remove(root / METRICS), "evaluate"),
@@ -428,11 +466,18 @@ SAVED_MODEL_DAMAGE = {
     "saved-model-pb-garbage": lambda root, split: (_garbage(root / SAVED_MODEL / "saved_model.pb").parent, "export"),
     "saved-model-pb-truncated": lambda root, split: (_truncate(root / SAVED_MODEL / "saved_model.pb").parent, "export"),
     "variables-missing": lambda root, split: (_remove(root / SAVED_MODEL / "variables").parent, "export"),
-    "variables-index-garbage": lambda root, split: (_garbage(root / SAVED_MODEL / "variables/variables.index").parents[1], "export"),
+    "variables-index-garbage": lambda root, split: (
+        _garbage(root / SAVED_MODEL / "variables/variables.index").parents[1],
+        "export",
+    ),
     "variables-data-garbage": lambda root, split: (
-        _garbage(next((root / SAVED_MODEL / "variables").glob("variables.data-*"))).parents[1], "export"),
+        _garbage(next((root / SAVED_MODEL / "variables").glob("variables.data-*"))).parents[1],
+        "export",
+    ),
     "variables-data-truncated": lambda root, split: (
-        _truncate(next((root / SAVED_MODEL / "variables").glob("variables.data-*"))).parents[1], "export"),
+        _truncate(next((root / SAVED_MODEL / "variables").glob("variables.data-*"))).parents[1],
+        "export",
+    ),
 }
 
 
@@ -448,16 +493,18 @@ def _empty_folder(path: Path) -> Path:
 
 
 # The split each stage reads last (a damaged shard must be found even after good ones were read).
-SPLIT_READ = {"train": "train", "evaluate": "test", "export": "test", "serving": "test"}
+SPLIT_READ = {"train": "train", "evaluate": "test", "export": "test", "score_saved_model": "test"}
 STAGE_INPUTS = {
     "train": [DATA_DAMAGE],
     "evaluate": [DATA_DAMAGE, CHECKPOINT_DAMAGE],
     "export": [DATA_DAMAGE, CHECKPOINT_DAMAGE, METRICS_DAMAGE],
-    "serving": [DATA_DAMAGE, SAVED_MODEL_DAMAGE],
+    "score_saved_model": [DATA_DAMAGE, SAVED_MODEL_DAMAGE],
 }
 INPUT_CASES = [
     pytest.param(
-        stage, name, id=f"{stage}-{name}",
+        stage,
+        name,
+        id=f"{stage}-{name}",
     )
     for stage, tables in STAGE_INPUTS.items()
     for table in tables
@@ -513,7 +560,7 @@ SUBPROCESS_INPUT_CASES = [
     ("train", "shard-flipped-byte"),
     ("evaluate", "data-truncated"),
     ("export", "prepared-missing"),
-    ("serving", "saved-model-pb-garbage"),
+    ("score_saved_model", "saved-model-pb-garbage"),
 ]
 
 
@@ -541,7 +588,8 @@ def test_damaged_input_as_a_subprocess(repo, stage, damage):
 def test_divergent_run_writes_no_checkpoint(repo, hidden_units, previous):
     """learning_rate 1e6: the loss explodes (to inf/nan, or finite but >= 1e3); one line, no checkpoint."""
     params_path = _write_params(
-        repo / "diverge.yaml", _tiny_params(repo / "data" / "raw", **{"model.hidden_units": hidden_units, "train.learning_rate": 1e6})
+        repo / "diverge.yaml",
+        _tiny_params(repo / "data" / "raw", **{"model.hidden_units": hidden_units, "train.learning_rate": 1e6}),
     )
     train_outputs = _stage_outputs("train")
     if not previous:
@@ -568,7 +616,7 @@ _KILLER = textwrap.dedent(
     """
     import os, shutil, signal, sys
     from pathlib import Path
-    from stages import atomic
+    from stages.lib import atomic
 
     final, point = Path(sys.argv[1]), sys.argv[2]
     is_dir = not final.suffix
@@ -635,7 +683,8 @@ ATOMIC_POINTS = [
 
 
 @pytest.mark.parametrize(
-    "kind, previous, point, expected", ATOMIC_POINTS,
+    "kind, previous, point, expected",
+    ATOMIC_POINTS,
     ids=[f"{k}-{'previous' if p else 'first'}-{point}" for k, p, point, _ in ATOMIC_POINTS],
 )
 def test_atomic_output_killed_at_every_step(tmp_path, kind, previous, point, expected):
@@ -647,8 +696,12 @@ def test_atomic_output_killed_at_every_step(tmp_path, kind, previous, point, exp
 
     def run(point_name):
         return subprocess.run(
-            [sys.executable, "-c", _KILLER, str(final), point_name], cwd=tmp_path, capture_output=True, text=True,
-            timeout=60, env=_env(),
+            [sys.executable, "-c", _KILLER, str(final), point_name],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
         )
 
     killed = run(point)
@@ -684,8 +737,12 @@ def _kill_at(stage: str, argv: list[str], root: Path, moment) -> str:
         if any(part.startswith((".tmp-", ".old-")) for part in path.relative_to(root).parts):
             os.utime(path, ns=(OLD_MTIME_NS, OLD_MTIME_NS), follow_symlinks=False)
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"stages.{stage}", *argv], cwd=root, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env=_env(), start_new_session=True,
+        [sys.executable, "-m", f"stages.{stage}", *argv],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
     )
     start = time.monotonic()
     try:
@@ -734,11 +791,12 @@ def _kill_then_rerun(stage: str, root: Path, params_path: Path, moments: list) -
         for moment, states in seen:
             state = states[path]
             assert state in (None, previous[path], final[path]), f"{path} partial after a kill at {moment}: {state}"
-    for index, (moment, states) in enumerate(seen):
-        found = ", ".join(
-            f"{Path(path).name} {'absent' if states[path] is None else 'previous' if states[path] == previous[path] else 'new'}"
-            for path in outputs
-        )
+
+    def describe(state, path):
+        return "absent" if state is None else "previous" if state == previous[path] else "new"
+
+    for index, (_, states) in enumerate(seen):
+        found = ", ".join(f"{Path(path).name} {describe(states[path], path)}" for path in outputs)
         report[index] += f" -> {found}"
     print(f"\n{stage}:\n  " + "\n  ".join(report))
     return report
@@ -753,7 +811,9 @@ def test_prepare_killed_leaves_previous_or_nothing(repo):
         repo / "seed1.yaml", _tiny_params(repo / "data" / "raw", **{"data.seed": 1, "data.shard_size": shard_size})
     )
     test_shards = -(-N_TEST // shard_size)
-    first_test_shard = f"{_tmp_sibling(out)}/test-00000-of-{test_shards:05d}.tfrecord"  # train and val written, meta.json not
+    first_test_shard = (
+        f"{_tmp_sibling(out)}/test-00000-of-{test_shards:05d}.tfrecord"  # train and val written, meta.json not
+    )
     moments = [0.5, 2.0, 4.0, _tmp_sibling(out), first_test_shard, _tmp_sibling(samples)]
     _kill_then_rerun("prepare", repo, params_path, moments)
 
@@ -762,8 +822,14 @@ def test_prepare_killed_leaves_previous_or_nothing(repo):
 def test_train_killed_leaves_previous_or_nothing(repo):
     options = dict(_stage_options("train"))
     params_path = _write_params(repo / "seed1.yaml", _tiny_params(repo / "data" / "raw", **{"train.seed": 1}))
-    moments = [0.5, 2.0, 4.0, _tmp_sibling(options["--live"]), _tmp_sibling(options["--checkpoint"]),
-               _tmp_sibling(options["--curves"])]
+    moments = [
+        0.5,
+        2.0,
+        4.0,
+        _tmp_sibling(options["--live"]),
+        _tmp_sibling(options["--checkpoint"]),
+        _tmp_sibling(options["--curves"]),
+    ]
     _kill_then_rerun("train", repo, params_path, moments)
 
 
@@ -793,8 +859,11 @@ def test_repro_force_gives_identical_hashes(tmp_path):
 
     repo = tmp_path / "repo"
     tiny_repo(
-        repo, make_mnist(N_TRAIN, N_TEST, seed=3), "copy of mnist-mlp for the determinism test",
-        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE), model=dict(hidden_units=[16]),
+        repo,
+        make_mnist(N_TRAIN, N_TEST, seed=3),
+        "copy of mnist-mlp for the determinism test",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
         train=dict(epochs=2, batch_size=32),
     )
 
@@ -818,4 +887,6 @@ def test_repro_force_gives_identical_hashes(tmp_path):
     assert first_report == second_report  # its size leaves fingerprint.pb out
     changed = sorted(path for path in first_lock if first_lock[path] != second_lock.get(path))
     assert set(changed) <= {SAVED_MODEL}, f"outputs that changed under --force: {changed}"
-    print(f"\noutputs whose dvc.lock hash changed under --force: {changed}; files differing in {SAVED_MODEL}: {differing}")
+    print(
+        f"\noutputs whose dvc.lock hash changed under --force: {changed}; files differing in {SAVED_MODEL}: {differing}"
+    )

@@ -1,5 +1,6 @@
 """The idx and tfds sources (issue #3): IDX parsing and its one-line errors, the TFDS path (mocked,
 offline, prepared), and "same MNIST whichever source": canonical order, byte-identical shards."""
+
 import gzip
 import hashlib
 import json
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import cli, mnist_facts, sources
+from stages.lib import cli, mnist_facts, sources
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
@@ -157,32 +158,72 @@ def _labels(n):
 
 N_TRAIN, N_TEST = 60, 20
 MALFORMED = {
-    "bad-magic": (_replace("train_images", lambda b, d: struct.pack(">I", 0x00000804) + b[4:]),
-                  "train-images-idx3-ubyte", r"magic number 0x00000804, expected 0x00000803"),
-    "labels-magic-in-images": (_replace("test_images", lambda b, d: struct.pack(">I", LABELS_MAGIC) + b[4:]),
-                               "t10k-images-idx3-ubyte", r"magic number 0x00000801 \(a labels file\), expected 0x00000803"),
-    "little-endian": (_replace("train_labels", lambda b, d: b[3::-1] + b[4:]),
-                      "train-labels-idx1-ubyte", r"magic number 0x01080000, expected 0x00000801"),
-    "truncated-pixels": (_replace("train_images", lambda b, d: b[:-16]),
-                         "train-images-idx3-ubyte", rf"expected {N_TRAIN * 784} bytes of pixels, found {N_TRAIN * 784 - 16}"),
-    "truncated-labels": (_replace("test_labels", lambda b, d: b[:-1]),
-                         "t10k-labels-idx1-ubyte", rf"expected {N_TEST} bytes of labels, found {N_TEST - 1}"),
-    "extra-bytes": (_replace("test_images", lambda b, d: b + b"\0" * 5),
-                    "t10k-images-idx3-ubyte", rf"expected {N_TEST * 784} bytes of pixels, found {N_TEST * 784 + 5} \(5 bytes too many\)"),
-    "header-only": (_replace("train_images", lambda b, d: b[:16]),
-                    "train-images-idx3-ubyte", rf"expected {N_TRAIN * 784} bytes of pixels, found 0"),
-    "truncated-header": (_replace("train_images", lambda b, d: b[:10]),
-                         "train-images-idx3-ubyte", r"header truncated: 10 of 16 bytes"),
-    "empty-file": (_replace("train_labels", lambda b, d: b""), "train-labels-idx1-ubyte", r"too short for an IDX header \(0 bytes\)"),
-    "count-mismatch": (_labels(N_TRAIN - 1), "train-labels-idx1-ubyte",
-                       rf"{N_TRAIN - 1} labels, but \S*train-images-idx3-ubyte has {N_TRAIN} images"),
-    "dims-32x32": (_replace("train_images", lambda b, d: idx_blob(np.zeros((N_TRAIN, 32, 32), np.uint8), IMAGES_MAGIC)),
-                   "train-images-idx3-ubyte", r"images are 32x32, expected 28x28"),
-    "dims-flat": (_replace("test_images", lambda b, d: struct.pack(">4I", IMAGES_MAGIC, N_TEST, 784, 1) + b[16:]),
-                  "t10k-images-idx3-ubyte", r"images are 784x1, expected 28x28"),
+    "bad-magic": (
+        _replace("train_images", lambda b, d: struct.pack(">I", 0x00000804) + b[4:]),
+        "train-images-idx3-ubyte",
+        r"magic number 0x00000804, expected 0x00000803",
+    ),
+    "labels-magic-in-images": (
+        _replace("test_images", lambda b, d: struct.pack(">I", LABELS_MAGIC) + b[4:]),
+        "t10k-images-idx3-ubyte",
+        r"magic number 0x00000801 \(a labels file\), expected 0x00000803",
+    ),
+    "little-endian": (
+        _replace("train_labels", lambda b, d: b[3::-1] + b[4:]),
+        "train-labels-idx1-ubyte",
+        r"magic number 0x01080000, expected 0x00000801",
+    ),
+    "truncated-pixels": (
+        _replace("train_images", lambda b, d: b[:-16]),
+        "train-images-idx3-ubyte",
+        rf"expected {N_TRAIN * 784} bytes of pixels, found {N_TRAIN * 784 - 16}",
+    ),
+    "truncated-labels": (
+        _replace("test_labels", lambda b, d: b[:-1]),
+        "t10k-labels-idx1-ubyte",
+        rf"expected {N_TEST} bytes of labels, found {N_TEST - 1}",
+    ),
+    "extra-bytes": (
+        _replace("test_images", lambda b, d: b + b"\0" * 5),
+        "t10k-images-idx3-ubyte",
+        rf"expected {N_TEST * 784} bytes of pixels, found {N_TEST * 784 + 5} \(5 bytes too many\)",
+    ),
+    "header-only": (
+        _replace("train_images", lambda b, d: b[:16]),
+        "train-images-idx3-ubyte",
+        rf"expected {N_TRAIN * 784} bytes of pixels, found 0",
+    ),
+    "truncated-header": (
+        _replace("train_images", lambda b, d: b[:10]),
+        "train-images-idx3-ubyte",
+        r"header truncated: 10 of 16 bytes",
+    ),
+    "empty-file": (
+        _replace("train_labels", lambda b, d: b""),
+        "train-labels-idx1-ubyte",
+        r"too short for an IDX header \(0 bytes\)",
+    ),
+    "count-mismatch": (
+        _labels(N_TRAIN - 1),
+        "train-labels-idx1-ubyte",
+        rf"{N_TRAIN - 1} labels, but \S*train-images-idx3-ubyte has {N_TRAIN} images",
+    ),
+    "dims-32x32": (
+        _replace("train_images", lambda b, d: idx_blob(np.zeros((N_TRAIN, 32, 32), np.uint8), IMAGES_MAGIC)),
+        "train-images-idx3-ubyte",
+        r"images are 32x32, expected 28x28",
+    ),
+    "dims-flat": (
+        _replace("test_images", lambda b, d: struct.pack(">4I", IMAGES_MAGIC, N_TEST, 784, 1) + b[16:]),
+        "t10k-images-idx3-ubyte",
+        r"images are 784x1, expected 28x28",
+    ),
     "missing-file": (_drop("test_labels"), "t10k-labels-idx1-ubyte", r"not found \(nor t10k-labels-idx1-ubyte.gz\)"),
-    "gzip-without-gz-name": (_replace("train_labels", lambda b, d: gzip.compress(b)),
-                             "train-labels-idx1-ubyte", r"is gzip-compressed; name it train-labels-idx1-ubyte.gz"),
+    "gzip-without-gz-name": (
+        _replace("train_labels", lambda b, d: gzip.compress(b)),
+        "train-labels-idx1-ubyte",
+        r"is gzip-compressed; name it train-labels-idx1-ubyte.gz",
+    ),
 }
 
 
@@ -276,8 +317,10 @@ def test_canonical_order_makes_a_shuffled_copy_identical(tmp_path):
     (a_train, a_val), (b_train, b_val) = (
         mnist_facts.split_train_val(d.train_images, d.train_labels, val_size=70, seed=3) for d in (data, copy)
     )
-    for x, y in zip((*a_train, *a_val, *mnist_facts.canonical_test(data.test_images, data.test_labels)),
-                    (*b_train, *b_val, *mnist_facts.canonical_test(copy.test_images, copy.test_labels))):
+    for x, y in zip(
+        (*a_train, *a_val, *mnist_facts.canonical_test(data.test_images, data.test_labels)),
+        (*b_train, *b_val, *mnist_facts.canonical_test(copy.test_images, copy.test_labels)),
+    ):
         assert x.dtype == y.dtype
         np.testing.assert_array_equal(x, y)
     assert len(a_train[0]) == 230 and len(a_val[0]) == 70
@@ -288,7 +331,7 @@ def test_canonical_order_makes_a_shuffled_copy_identical(tmp_path):
 
 def test_canonical_order_gives_identical_shards(tmp_path):
     cli.import_tensorflow()
-    from stages import records
+    from stages.lib import records
 
     data = small_mnist(300, 80)
     shards = {}
@@ -297,8 +340,10 @@ def test_canonical_order_gives_identical_shards(tmp_path):
         folder.mkdir()
         (train, val) = mnist_facts.split_train_val(d.train_images, d.train_labels, val_size=70, seed=0)
         test = mnist_facts.canonical_test(d.test_images, d.test_labels)
-        entries = {s: records.write_split(folder, s, *arrays, 64, "none") for s, arrays in
-                   (("train", train), ("val", val), ("test", test))}
+        entries = {
+            s: records.write_split(folder, s, *arrays, 64, "none")
+            for s, arrays in (("train", train), ("val", val), ("test", test))
+        }
         shards[name] = {p.name: sha256(p) for p in sorted(folder.iterdir())}
         assert shards[name] == {s["file"]: s["sha256"] for e in entries.values() for s in e["shards"]}
     assert len(shards["original"]) == 4 + 2 + 2
@@ -434,7 +479,9 @@ def test_prepare_is_byte_identical_for_every_source(mnist_idx, tmp_path):
     every shard has the same sha256, and meta.json is the same apart from `source`."""
     _, folders = mnist_idx
     runs = {"bundled": params_file(tmp_path / "bundled.yaml", source="bundled")}
-    runs.update({name: params_file(tmp_path / f"{name}.yaml", source="idx", idx_dir=str(f)) for name, f in folders.items()})
+    runs.update(
+        {name: params_file(tmp_path / f"{name}.yaml", source="idx", idx_dir=str(f)) for name, f in folders.items()}
+    )
     metas, shards = {}, {}
     for name, params in runs.items():
         out = tmp_path / f"out-{name}"
@@ -453,7 +500,7 @@ def test_prepare_is_byte_identical_for_every_source(mnist_idx, tmp_path):
 
 def _explain_shard_difference(a: Path, b: Path, name: str) -> str:
     """Tell apart different examples (a data-source bug) from the same examples encoded differently."""
-    from stages import records
+    from stages.lib import records
 
     same_examples = all(
         all(np.array_equal(x, y) for x, y in zip(records.read_split(a, s), records.read_split(b, s)))
@@ -481,8 +528,11 @@ def test_tfds_prepared_data_dir_needs_no_network_and_is_mnist(tfds, mnist_idx, t
     }
     data_dir = str(tmp_path / "tfds")
     with monkeypatch.context() as patch:
-        patch.setattr(tfds.download.DownloadManager, "download_and_extract",
-                      lambda self, urls: {key: str(files[key]) for key in urls})
+        patch.setattr(
+            tfds.download.DownloadManager,
+            "download_and_extract",
+            lambda self, urls: {key: str(files[key]) for key in urls},
+        )
         tfds.builder("mnist", data_dir=data_dir).download_and_prepare()
 
     calls = _refuse_connections(monkeypatch)
@@ -493,8 +543,10 @@ def test_tfds_prepared_data_dir_needs_no_network_and_is_mnist(tfds, mnist_idx, t
     (a_train, a_val), (b_train, b_val) = (
         mnist_facts.split_train_val(d.train_images, d.train_labels, 10_000, 0) for d in (data, loaded)
     )
-    for x, y in zip((*a_train, *a_val, *mnist_facts.canonical_test(data.test_images, data.test_labels)),
-                    (*b_train, *b_val, *mnist_facts.canonical_test(loaded.test_images, loaded.test_labels))):
+    for x, y in zip(
+        (*a_train, *a_val, *mnist_facts.canonical_test(data.test_images, data.test_labels)),
+        (*b_train, *b_val, *mnist_facts.canonical_test(loaded.test_images, loaded.test_labels)),
+    ):
         np.testing.assert_array_equal(x, y)
 
 

@@ -1,4 +1,5 @@
 """The raw-variable MLP: shapes, Glorot initialisation, seeding, dropout, max-norm, preprocessing."""
+
 import numpy as np
 import pytest
 
@@ -6,7 +7,7 @@ pytestmark = pytest.mark.usefixtures("tf")
 
 
 def _mlp(hidden, seed=0):
-    from stages.model import MLP
+    from stages.lib.model import MLP
 
     return MLP(hidden, seed=seed)
 
@@ -52,8 +53,8 @@ def test_same_seed_same_weights_different_seed_different():
 
 
 def test_logits_shape_and_inference_path(tf):
-    from stages.model import predict_logits
-    from stages.preprocessing import to_model_input
+    from stages.lib.model import predict_logits
+    from stages.lib.preprocessing import to_model_input
 
     model = _mlp([32])
     images = np.random.default_rng(0).integers(0, 256, size=(7, 784), dtype=np.uint8)
@@ -63,7 +64,9 @@ def test_logits_shape_and_inference_path(tf):
     np.testing.assert_allclose(x.numpy(), images / 255.0, rtol=1e-6)
     logits = model(x)
     assert logits.shape == (7, 10) and logits.dtype == tf.float32
-    np.testing.assert_allclose(model.logits_for_images(tf.constant(images)).numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.logits_for_images(tf.constant(images)).numpy(), logits.numpy(), rtol=1e-5, atol=1e-6
+    )
     batched = predict_logits(model, images, batch_size=3)
     assert batched.shape == (7, 10)
     np.testing.assert_allclose(batched, logits.numpy(), rtol=1e-5, atol=1e-6)
@@ -90,7 +93,7 @@ def test_dropout_only_with_rates_and_a_seed(tf):
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["tf", "xla"])
 def test_dropout_is_inverted(tf, jit_compile):
     """Both random-number algorithms (philox in TF kernels, threefry under XLA) drop at the given rate."""
-    from stages.model import RNG_TF, RNG_XLA, dropout
+    from stages.lib.model import RNG_TF, RNG_XLA, dropout
 
     alg = RNG_XLA if jit_compile else RNG_TF
     x = tf.ones([200, 500])
@@ -122,7 +125,7 @@ def test_apply_max_norm_bounds_every_hidden_column(tf, max_norm):
 
 @pytest.mark.parametrize("deskew", [False, True])
 def test_architecture_and_restore(tmp_path, tf, deskew):
-    from stages import model as mlp
+    from stages.lib import model as mlp
 
     model = mlp.MLP([24, 12], seed=3, deskew=deskew)
     tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
@@ -137,7 +140,7 @@ def test_model_json_without_deskew_restores_a_plain_model(tmp_path, tf):
     """model.json files written before the deskew option existed still load, as not deskewing."""
     import json
 
-    from stages import model as mlp
+    from stages.lib import model as mlp
 
     model = _mlp([8], seed=1)
     tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
@@ -146,8 +149,8 @@ def test_model_json_without_deskew_restores_a_plain_model(tmp_path, tf):
 
 
 def test_a_deskewing_model_deskews_on_every_inference_path(tf):
-    from stages.model import MLP, predict_logits
-    from stages.preprocessing import to_model_input
+    from stages.lib.model import MLP, predict_logits
+    from stages.lib.preprocessing import to_model_input
 
     images = np.random.default_rng(2).integers(0, 256, size=(5, 784), dtype=np.uint8) * (
         np.random.default_rng(3).random((5, 784)) < 0.15

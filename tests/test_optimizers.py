@@ -1,4 +1,5 @@
 """The hand-written optimizers against keras.optimizers, the tf.Variable step counter, the LR schedule."""
+
 import math
 
 import numpy as np
@@ -52,7 +53,7 @@ def _assert_histories_match(ours, theirs, atol=1e-6):
 def test_adam_matches_keras(tf, lr):
     import keras
 
-    from stages import optimizers
+    from stages.lib import optimizers
 
     _, ours = _run_ours(tf, lambda vs: optimizers.Adam(vs), lr)
     theirs = _run_keras(tf, keras.optimizers.Adam(learning_rate=lr))
@@ -63,7 +64,7 @@ def test_adam_matches_keras(tf, lr):
 def test_adam_weight_decay_matches_keras_adamw(tf, weight_decay):
     import keras
 
-    from stages import optimizers
+    from stages.lib import optimizers
 
     lr = 0.01
     _, ours = _run_ours(tf, lambda vs: optimizers.Adam(vs, weight_decay=weight_decay), lr)
@@ -74,13 +75,11 @@ def test_adam_weight_decay_matches_keras_adamw(tf, weight_decay):
     assert not np.allclose(ours[-1][0], plain[-1][0], atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "momentum, nesterov", [(0.0, False), (0.9, False), (0.5, True), (0.9, True)]
-)
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.5, True), (0.9, True)])
 def test_sgd_matches_keras(tf, momentum, nesterov):
     import keras
 
-    from stages import optimizers
+    from stages.lib import optimizers
 
     lr = 0.05
     _, ours = _run_ours(tf, lambda vs: optimizers.SGD(vs, momentum=momentum, nesterov=nesterov), lr)
@@ -91,7 +90,7 @@ def test_sgd_matches_keras(tf, momentum, nesterov):
 def test_sgd_weight_decay_matches_keras(tf):
     import keras
 
-    from stages import optimizers
+    from stages.lib import optimizers
 
     lr, wd = 0.05, 0.1
     _, ours = _run_ours(tf, lambda vs: optimizers.SGD(vs, momentum=0.9, weight_decay=wd), lr)
@@ -101,13 +100,16 @@ def test_sgd_weight_decay_matches_keras(tf):
 
 def test_build_from_params(tf):
     from conftest import PLAIN_TRAIN, make_params
-    from stages import optimizers
+
+    from stages.lib import optimizers
 
     variables = [tf.Variable(v) for v in _initial()]
     adam = optimizers.build(make_params(**{**PLAIN_TRAIN, "train__weight_decay": 0.01}).train, variables)
     assert isinstance(adam, optimizers.Adam) and adam.weight_decay == 0.01
     sgd = optimizers.build(
-        make_params(**{**PLAIN_TRAIN, "train__optimizer": "sgd", "train__momentum": 0.9, "train__nesterov": True}).train,
+        make_params(
+            **{**PLAIN_TRAIN, "train__optimizer": "sgd", "train__momentum": 0.9, "train__nesterov": True}
+        ).train,
         variables,
     )
     assert isinstance(sgd, optimizers.SGD) and sgd.momentum == 0.9 and sgd.nesterov
@@ -116,7 +118,7 @@ def test_build_from_params(tf):
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_step_counter_advances_inside_tf_function(tf, kind):
     """A Python counter would be frozen at trace time; the tf.Variable must advance on every call."""
-    from stages import optimizers
+    from stages.lib import optimizers
 
     def make(vs):
         return optimizers.Adam(vs) if kind == "adam" else optimizers.SGD(vs, momentum=0.9)
@@ -142,7 +144,7 @@ def test_step_counter_advances_inside_tf_function(tf, kind):
 
 
 def test_optimizer_state_is_checkpointed(tmp_path, tf):
-    from stages import optimizers
+    from stages.lib import optimizers
 
     optimizer, _ = _run_ours(tf, lambda vs: optimizers.Adam(vs), 0.01)
     tf.train.Checkpoint(optimizer=optimizer).write(str(tmp_path / "ckpt"))
@@ -157,7 +159,7 @@ def test_optimizer_state_is_checkpointed(tmp_path, tf):
 
 
 def _lr(step, total=1000, warmup=0, peak=0.1, schedule="constant"):
-    from stages import optimizers
+    from stages.lib import optimizers
 
     return float(optimizers.learning_rate(step, total, warmup, peak, schedule))
 
@@ -187,7 +189,9 @@ def test_cosine_schedule(warmup):
     middle = warmup + (total - warmup) // 2
     assert _lr(middle, total, warmup, peak, "cosine") == pytest.approx(peak / 2, rel=1e-5)
     quarter = warmup + (total - warmup) // 4
-    assert _lr(quarter, total, warmup, peak, "cosine") == pytest.approx(peak * (1 + math.cos(math.pi / 4)) / 2, rel=1e-5)
+    assert _lr(quarter, total, warmup, peak, "cosine") == pytest.approx(
+        peak * (1 + math.cos(math.pi / 4)) / 2, rel=1e-5
+    )
     assert _lr(total, total, warmup, peak, "cosine") == pytest.approx(0.0, abs=1e-8)
     assert _lr(total - 1, total, warmup, peak, "cosine") < peak * 1e-4
     lrs = [_lr(s, total, warmup, peak, "cosine") for s in range(warmup, total + 1, 10)]
@@ -195,7 +199,7 @@ def test_cosine_schedule(warmup):
 
 
 def test_schedule_accepts_a_tensor_step(tf):
-    from stages import optimizers
+    from stages.lib import optimizers
 
     step = tf.Variable(250, dtype=tf.int64)
     value = optimizers.learning_rate(step, 1000, 0, 0.1, "cosine")

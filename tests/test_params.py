@@ -1,5 +1,6 @@
 """The params schema: every bad value is one ParamsError naming the full key; the stages exit 2 on it,
 with one `error:` line, no traceback and nothing written."""
+
 import os
 import re
 import subprocess
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import DELETE, REPO, SYNTHETIC_MODEL, base_params, with_overrides
-from stages import cli, params
+
+from stages.lib import cli, params
 
 
 def test_repo_params_are_valid():
@@ -81,13 +82,26 @@ BAD = [
     ("warmup-longer", {"train.warmup_epochs": 21, "train.epochs": 20}, "train.warmup_epochs", "train.epochs"),
     ("momentum-with-adam", {"train.optimizer": "adam", "train.momentum": 0.9}, "train.momentum", "sgd"),
     ("nesterov-with-adam", {"train.optimizer": "adam", "train.nesterov": True}, "train.nesterov", "sgd"),
-    ("nesterov-without-momentum", {"train.optimizer": "sgd", "train.momentum": 0.0, "train.nesterov": True},
-     "train.nesterov", "train.momentum"),
+    (
+        "nesterov-without-momentum",
+        {"train.optimizer": "sgd", "train.momentum": 0.0, "train.nesterov": True},
+        "train.nesterov",
+        "train.momentum",
+    ),
     ("strategy-enum", {"train.strategy": "tpu"}, "train.strategy", "'default', 'mirrored' or 'multi_worker'"),
     ("cpu-replicas-0", {"train.cpu_replicas": 0}, "train.cpu_replicas", "greater than or equal to 1"),
-    ("batch-not-split-over-replicas", {"train.strategy": "mirrored", "train.cpu_replicas": 3, "train.batch_size": 128},
-     "train.cpu_replicas", "train.batch_size"),
-    ("batch-larger-than-train", {"data.val_size": 59_000, "train.batch_size": 1001}, "train.batch_size", "data.val_size"),
+    (
+        "batch-not-split-over-replicas",
+        {"train.strategy": "mirrored", "train.cpu_replicas": 3, "train.batch_size": 128},
+        "train.cpu_replicas",
+        "train.batch_size",
+    ),
+    (
+        "batch-larger-than-train",
+        {"data.val_size": 59_000, "train.batch_size": 1001},
+        "train.batch_size",
+        "data.val_size",
+    ),
 ]
 
 
@@ -169,7 +183,7 @@ def test_missing_params_file(tmp_path):
 
 def test_params_does_not_import_tensorflow():
     """A bad value must be reported fast: the schema module is free of TensorFlow."""
-    code = "import sys; import stages.params, stages.cli; print('tensorflow' in sys.modules)"
+    code = "import sys; import stages.lib.params, stages.lib.cli; print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
 
@@ -231,8 +245,19 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, stage, overrid
 
 def test_stage_missing_params_file_exits_2(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "stages.prepare", "--params", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "stages.prepare",
+            "--params",
+            str(tmp_path / "absent.yaml"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1

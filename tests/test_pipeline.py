@@ -1,6 +1,7 @@
 """The pipeline: dvc.yaml's declarations (fast), then end to end: `dvc repro` in a fresh git repo
 copied from this one, on small synthetic IDX data (slow, about 1.5 minutes: `python -m pytest -m slow`).
 """
+
 import csv
 import gzip
 import json
@@ -13,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, base_params, idx_bytes, make_mnist, write_idx
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 1200, 300, 200, 500
@@ -22,6 +22,8 @@ DVC_TIMEOUT = 600
 
 
 STAGES = ("prepare", "train", "evaluate", "export")
+
+
 def _load_dvc_yaml(root=REPO):
     """dvc.yaml parsed, or the parse error."""
     try:
@@ -53,7 +55,7 @@ def test_dvc_yaml_declares_the_pipeline():
         assert cmd.startswith(f"python -m stages.{name} --params params.yaml"), cmd
         deps = _declared(stage.get("deps"))
         outs = _declared(stage.get("outs")) | _declared(stage.get("metrics"))
-        assert f"stages/{name}.py" in deps and "stages/params.py" in deps, name
+        assert f"stages/{name}.py" in deps and "stages/lib/params.py" in deps, name
         assert not deps & outs, name
         for option, path in re.findall(r"(--[a-z-]+) (\S+)", cmd):
             if option != "--params":
@@ -66,10 +68,16 @@ def test_dvc_yaml_declares_the_pipeline():
 
 def _project_files() -> list[str]:
     """The repo's files as a fresh clone (plus uncommitted work) has them: tracked, and untracked but not ignored."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return sorted(path for path in listed if path and (REPO / path).is_file())
 
 
@@ -85,9 +93,20 @@ def _run(argv, cwd, timeout=DVC_TIMEOUT, check=True):
 
 def _git(repo, *args):
     return _run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main",
-         "-c", "commit.gpgsign=false", *args],
-        repo, timeout=120,
+        [
+            "git",
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        repo,
+        timeout=120,
     )
 
 
@@ -120,8 +139,11 @@ def pipeline(tmp_path_factory):
     repo = tmp_path_factory.mktemp("e2e") / "repo"
     data = make_mnist(N_TRAIN, N_TEST, seed=11)
     tiny_repo(
-        repo, data, "copy of mnist-mlp for the end-to-end test",
-        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE), model=dict(hidden_units=[64]),
+        repo,
+        data,
+        "copy of mnist-mlp for the end-to-end test",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[64]),
         train=dict(epochs=2, batch_size=64),
     )
 

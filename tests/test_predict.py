@@ -1,4 +1,5 @@
 """predict: users' own pictures -> MNIST-style 28x28 (to_mnist), and the command around it."""
+
 import io
 import json
 import re
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from stages import cli
-from stages.digit_image import stroke_width, to_mnist
+from stages.lib import cli
+from stages.lib.digit_image import stroke_width, to_mnist
 from stages.predict import report_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,9 @@ def test_noise_dust_and_uneven_light_barely_change_the_digit():
     rng = np.random.default_rng(0)
     grain = np.asarray(drawing(), float) + rng.normal(0, 6, (240, 360))
     assert np.abs(to_mnist(Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8))).astype(int) - clean).mean() < 4
-    light = np.linspace(0.5, 1.0, 360)[None, :]  # pencil (90) on paper lit from the right: 127 on the left, 255 on the right
+    light = np.linspace(0.5, 1.0, 360)[
+        None, :
+    ]  # pencil (90) on paper lit from the right: 127 on the left, 255 on the right
     unevenly_lit = Image.fromarray((np.asarray(drawing(ink=90), float) * light).astype(np.uint8))
     assert np.abs(to_mnist(unevenly_lit).astype(int) - clean).mean() < 4
 
@@ -113,12 +116,16 @@ def test_an_mnist_digit_comes_back_nearly_unchanged():
     assert np.abs(to_mnist(Image.fromarray(digit)).astype(int) - digit).mean() < 4
 
 
-@pytest.mark.parametrize("picture", [
-    Image.new("L", (200, 100), 255),
-    Image.new("RGB", (50, 50), (0, 0, 0)),
-    Image.new("RGBA", (64, 64), (0, 0, 0, 0)),
-    Image.fromarray(np.clip(np.random.default_rng(0).normal(200, 5, (300, 400)), 0, 255).astype(np.uint8)),
-], ids=["white", "black", "transparent", "grain only"])
+@pytest.mark.parametrize(
+    "picture",
+    [
+        Image.new("L", (200, 100), 255),
+        Image.new("RGB", (50, 50), (0, 0, 0)),
+        Image.new("RGBA", (64, 64), (0, 0, 0, 0)),
+        Image.fromarray(np.clip(np.random.default_rng(0).normal(200, 5, (300, 400)), 0, 255).astype(np.uint8)),
+    ],
+    ids=["white", "black", "transparent", "grain only"],
+)
 def test_a_blank_picture_is_an_error(picture):
     with pytest.raises(cli.UserError, match="blank"):
         to_mnist(picture)
@@ -139,17 +146,19 @@ def test_report_lines_name_the_digit_and_the_runner_up_or_give_json():
 
 
 def predict(*args):
-    return subprocess.run([sys.executable, "-m", "stages.predict", *map(str, args)], cwd=REPO, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "stages.predict", *map(str, args)], cwd=REPO, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_saved_model(tmp_path_factory):
     tf = cli.import_tensorflow()
-    from stages.model import MLP
-    from stages.serving import serving_module
+    from stages.lib.model import MLP
+    from stages.lib.serving import ServingModule
 
     folder = tmp_path_factory.mktemp("model") / "saved_model"
-    module = serving_module(MLP([16], seed=0))
+    module = ServingModule(MLP([16], seed=0))
     tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
     return folder
 

@@ -1,4 +1,5 @@
 """The shared preprocessing: scaling to [0, 1] and the optional moment-based deskewing."""
+
 import numpy as np
 import pytest
 from scipy.ndimage import affine_transform
@@ -33,13 +34,13 @@ def _scipy_deskew(image: np.ndarray) -> np.ndarray:
 
 
 def _deskew(images: np.ndarray) -> np.ndarray:
-    from stages.preprocessing import to_model_input
+    from stages.lib.preprocessing import to_model_input
 
     return to_model_input(images, deskew=True).numpy().reshape(-1, 28, 28)
 
 
 def test_scaling_without_deskew():
-    from stages.preprocessing import to_model_input
+    from stages.lib.preprocessing import to_model_input
 
     images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
     x = to_model_input(images).numpy()
@@ -80,7 +81,7 @@ def test_a_blank_image_stays_blank():
 
 
 def test_deskew_takes_flat_images_and_compiles_with_xla(tf):
-    from stages.preprocessing import to_model_input
+    from stages.lib.preprocessing import to_model_input
 
     images = np.stack([_stroke(0.5), _stroke(-0.4, centre=(12.0, 15.0))])
     flat = tf.constant(images.reshape(2, 784))

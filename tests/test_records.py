@@ -1,11 +1,12 @@
 """TFRecord shards and meta.json: exact round trip, byte-identical rewrites, damage detected."""
+
 import json
 
 import numpy as np
 import pytest
-
 from conftest import make_split
-from stages import cli
+
+from stages.lib import cli
 
 pytestmark = pytest.mark.usefixtures("tf")  # records imports TensorFlow: import it once, quietly
 
@@ -14,7 +15,7 @@ N_PER_SPLIT = {"train": 230, "val": 40, "test": 57}
 
 def write_prepared(folder, compression: str, shard_size: int) -> dict:
     """Write three synthetic splits and meta.json the way stages/prepare.py does; return the arrays."""
-    from stages import records
+    from stages.lib import records
 
     folder.mkdir(parents=True, exist_ok=True)
     splits = {name: make_split(n, seed=i) for i, (name, n) in enumerate(N_PER_SPLIT.items())}
@@ -37,7 +38,7 @@ def write_prepared(folder, compression: str, shard_size: int) -> dict:
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 @pytest.mark.parametrize("shard_size", [50, 10_000])
 def test_round_trip_is_exact(tmp_path, compression, shard_size):
-    from stages import records
+    from stages.lib import records
 
     splits = write_prepared(tmp_path, compression, shard_size)
     meta = records.read_meta(tmp_path)
@@ -103,7 +104,7 @@ def test_serialize_does_not_depend_on_the_map_order(tf, monkeypatch):
     SerializeToString() without deterministic=True, so about one process in four wrote 'label' before
     'image' (upb seeds its map order per process) and `dvc repro --force prepare` changed data/prepared;
     fixed in 64bee0d. The emulated runtime below makes the bad order certain instead of 1 in 4."""
-    from stages import records
+    from stages.lib import records
 
     image, label = make_split(1)[0][0], 7
     canonical = tf.train.Example.FromString(records.serialize(image, label)).SerializeToString(deterministic=True)
@@ -115,7 +116,7 @@ def test_serialize_does_not_depend_on_the_map_order(tf, monkeypatch):
 
 
 def test_parse_batch_decodes_the_schema(tf):
-    from stages import records
+    from stages.lib import records
 
     images, labels = make_split(5)
     serialized = tf.constant([records.serialize(image, label) for image, label in zip(images, labels)])
@@ -143,7 +144,7 @@ def _damage_delete(path):
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 @pytest.mark.parametrize("damage", [_damage_flip, _damage_truncate, _damage_delete], ids=["flip", "truncate", "delete"])
 def test_damaged_shard_is_caught(tmp_path, compression, damage):
-    from stages import records
+    from stages.lib import records
 
     write_prepared(tmp_path, compression, shard_size=50)
     shard = records.read_meta(tmp_path)["splits"]["train"]["shards"][2]["file"]
@@ -159,7 +160,7 @@ def test_damaged_shard_is_caught(tmp_path, compression, damage):
 
 
 def test_missing_or_foreign_meta_is_caught(tmp_path):
-    from stages import records
+    from stages.lib import records
 
     with pytest.raises(cli.UserError, match=r"meta\.json: not found; run `dvc repro prepare`"):
         records.read_split(tmp_path, "train")

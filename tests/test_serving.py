@@ -1,4 +1,5 @@
 """The exported serving signature: uint8 images in, probabilities and class ids out, nothing else accepted."""
+
 import numpy as np
 import pytest
 
@@ -8,13 +9,13 @@ pytestmark = pytest.mark.usefixtures("tf")
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "deskew"])
 def exported(tmp_path_factory, tf, request):
     """A tiny MLP with non-zero biases, saved with the serving signature and loaded back."""
-    from stages.model import MLP
-    from stages.serving import serving_module
+    from stages.lib.model import MLP
+    from stages.lib.serving import ServingModule
 
     model = MLP([16], seed=3, deskew=request.param)
     for b in model.biases:
         b.assign(tf.random.stateless_normal(b.shape, seed=[1, b.shape[0]]) * 0.1)
-    module = serving_module(model)
+    module = ServingModule(model)
     folder = tmp_path_factory.mktemp("saved_model")
     tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
     loaded = tf.saved_model.load(str(folder))
@@ -43,7 +44,7 @@ def test_signature_shapes_and_dtypes(exported, tf):
 
 @pytest.mark.parametrize("n", [1, 13])
 def test_signature_reproduces_the_model(exported, tf, n):
-    from stages.preprocessing import to_model_input
+    from stages.lib.preprocessing import to_model_input
 
     model, loaded, _ = exported
     images = _images(n, seed=n)
@@ -63,8 +64,6 @@ def test_signature_on_an_empty_batch(exported, tf):
     _, loaded, _ = exported
     out = loaded.signatures["serving_default"](images=tf.zeros([0, 28, 28], tf.uint8))
     assert out["probabilities"].shape == (0, 10) and out["class_ids"].shape == (0,)
-
-
 
 
 @pytest.mark.parametrize(
@@ -96,12 +95,13 @@ def test_loaded_serve_function_refuses_other_shapes(exported, tf, shape):
 
 
 def test_serving_test_accuracy_on_prepared_data(exported, tmp_path, tf):
-    """stages.serving.test_accuracy (what export runs in a fresh process) scores the prepared test split."""
+    """stages.lib.serving.score_test_split (what export runs in a fresh process) scores the prepared test split."""
     import json
 
     from conftest import make_split
-    from stages import records, serving
-    from stages.model import predict_logits
+
+    from stages.lib import records, serving
+    from stages.lib.model import predict_logits
 
     model, _, folder = exported
     images, labels = make_split(37, seed=4)
@@ -111,7 +111,7 @@ def test_serving_test_accuracy_on_prepared_data(exported, tmp_path, tf):
         "splits": {"test": records.write_split(tmp_path, "test", images, labels, 10, "none")},
     }
     (tmp_path / records.META_FILE).write_text(json.dumps(meta))
-    result = serving.test_accuracy(str(folder), str(tmp_path), batch_size=8)
+    result = serving.score_test_split(str(folder), str(tmp_path), batch_size=8)
     predicted = predict_logits(model, images.reshape(-1, 784)).argmax(axis=1)
     assert result["count"] == 37
     assert result["errors"] == int(np.sum(predicted != labels))

@@ -1,4 +1,5 @@
 """The exported SavedModel works with the tools people serve it with: saved_model_cli, TFLite, Keras 3."""
+
 import json
 import shutil
 import subprocess
@@ -8,15 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stages.model import MLP
-from stages.serving import serving_module
+from stages.lib.model import MLP
+from stages.lib.serving import ServingModule
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "deskew"])
 def exported(tmp_path_factory, request):
     """A small trained-looking SavedModel (random weights are enough for equality checks) and test images."""
     folder = tmp_path_factory.mktemp("export") / "saved_model"
-    module = serving_module(MLP([64, 32], seed=3, deskew=request.param))
+    module = ServingModule(MLP([64, 32], seed=3, deskew=request.param))
     tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
     images = np.random.default_rng(0).integers(0, 256, size=(1200, 28, 28), dtype=np.uint8)
     reference = tf.saved_model.load(str(folder)).signatures["serving_default"](images=tf.constant(images))
@@ -30,7 +31,9 @@ def _saved_model_cli() -> list[str]:
 
 def test_saved_model_cli_show_lists_the_signature(exported):
     folder, _, _ = exported
-    out = subprocess.run(_saved_model_cli() + ["show", "--dir", str(folder), "--all"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        _saved_model_cli() + ["show", "--dir", str(folder), "--all"], capture_output=True, text=True, check=True
+    ).stdout
     assert "signature_def['serving_default']" in out
     assert "inputs['images']" in out and "DT_UINT8" in out and "(-1, 28, 28)" in out
     assert "outputs['class_ids']" in out and "DT_INT64" in out
@@ -41,12 +44,28 @@ def test_saved_model_cli_run_on_npy(exported, tmp_path):
     folder, images, reference = exported
     np.save(tmp_path / "images.npy", images[:50])
     subprocess.run(
-        _saved_model_cli() + ["run", "--dir", str(folder), "--tag_set", "serve", "--signature_def", "serving_default",
-                              "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", str(tmp_path / "out")],
-        capture_output=True, text=True, check=True,
+        _saved_model_cli()
+        + [
+            "run",
+            "--dir",
+            str(folder),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"images={tmp_path / 'images.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "class_ids.npy"), reference["class_ids"][:50])
-    np.testing.assert_allclose(np.load(tmp_path / "out" / "probabilities.npy"), reference["probabilities"][:50], atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out" / "probabilities.npy"), reference["probabilities"][:50], atol=1e-6
+    )
 
 
 def test_tflite_conversion_gives_the_same_predictions(exported):

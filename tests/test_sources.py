@@ -1,4 +1,5 @@
 """Data sources: the restricted unpickler (security), the bundled MNIST, IDX files."""
+
 import gzip
 import io
 import pickle
@@ -7,10 +8,9 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import IDX_NAMES, idx_bytes, make_mnist, write_idx
-from stages import cli, mnist_facts, sources
 
+from stages.lib import cli, mnist_facts, sources
 
 # --- NumpyOnlyUnpickler ------------------------------------------------------------------------
 
@@ -165,7 +165,11 @@ def test_load_bundled_reads_a_small_pickle_exactly(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write(
             py2_style_dumps(
-                ((train_x[:20], data.train_labels[:20]), (train_x[20:], data.train_labels[20:]), (test_x, data.test_labels))
+                (
+                    (train_x[:20], data.train_labels[:20]),
+                    (train_x[20:], data.train_labels[20:]),
+                    (test_x, data.test_labels),
+                )
             )
         )
     loaded = sources.load_bundled(path)
@@ -211,12 +215,18 @@ def test_load_idx_fingerprint_is_order_independent(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda raw: raw.__setitem__("train_images", b"\x00\x00\x08\x01" + raw["train_images"][4:]),
-         r"train-images-idx3-ubyte: magic number 0x00000801"),
-        (lambda raw: raw.__setitem__("test_labels", raw["test_labels"][:-1]),
-         r"t10k-labels-idx1-ubyte: expected 20 bytes of labels, found 19"),
-        (lambda raw: raw.__setitem__("test_labels", raw["test_labels"] + b"\x00"),
-         r"t10k-labels-idx1-ubyte: expected 20 bytes of labels, found 21"),
+        (
+            lambda raw: raw.__setitem__("train_images", b"\x00\x00\x08\x01" + raw["train_images"][4:]),
+            r"train-images-idx3-ubyte: magic number 0x00000801",
+        ),
+        (
+            lambda raw: raw.__setitem__("test_labels", raw["test_labels"][:-1]),
+            r"t10k-labels-idx1-ubyte: expected 20 bytes of labels, found 19",
+        ),
+        (
+            lambda raw: raw.__setitem__("test_labels", raw["test_labels"] + b"\x00"),
+            r"t10k-labels-idx1-ubyte: expected 20 bytes of labels, found 21",
+        ),
         (lambda raw: raw.__setitem__("train_images", raw["train_images"][:6]), r"train-images-idx3-ubyte: .*header"),
         (lambda raw: raw.__setitem__("train_images", raw["train_images"][:2]), r"train-images-idx3-ubyte: .*short"),
         (lambda raw: raw.pop("test_images"), r"t10k-images-idx3-ubyte: not found"),

@@ -1,10 +1,11 @@
 """The custom training loop on tiny synthetic data: it learns, it is reproducible, it catches divergence,
 and n steps in one tf.function call equal n calls of one step."""
+
 import numpy as np
 import pytest
-
 from conftest import PLAIN_TRAIN, make_params, make_split
-from stages import cli
+
+from stages.lib import cli
 
 pytestmark = pytest.mark.usefixtures("tf")
 
@@ -27,7 +28,7 @@ def data():
 def _run(data, seed_everything=True, **overrides):
     import tensorflow as tf
 
-    from stages import training
+    from stages.lib import training
 
     p = make_params(**{**TINY, **overrides})
     if seed_everything:  # as stages/train.py does
@@ -39,7 +40,7 @@ def _run(data, seed_everything=True, **overrides):
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["eager-graph", "xla"])
 def test_run_learns_the_synthetic_classes(data, jit_compile):
-    from stages import training
+    from stages.lib import training
 
     p, result, records = _run(data, train__jit_compile=jit_compile)
     history = result.history
@@ -60,7 +61,7 @@ def test_run_learns_the_synthetic_classes(data, jit_compile):
 
 def test_run_keeps_the_best_epoch_not_the_last(data):
     """With a schedule that wrecks the last epochs, the returned weights are those of the best epoch."""
-    from stages import training
+    from stages.lib import training
 
     # sgd at a high rate with warm-up: epoch 1 learns, later epochs blow up towards chance level
     p, result, _ = _run(data, train__optimizer="sgd", train__learning_rate=5.0, train__epochs=3, train__warmup_epochs=1)
@@ -122,8 +123,8 @@ def test_exploding_but_finite_loss_is_reported_as_divergence(data, optimizer):
 
 
 def _trainer(data, p, batch_size=32):
-    from stages import training
-    from stages.model import MLP
+    from stages.lib import training
+    from stages.lib.model import MLP
 
     train_x, train_y = data[0]
     model = MLP(p.model.hidden_units, seed=p.train.seed)
@@ -131,9 +132,7 @@ def _trainer(data, p, batch_size=32):
     return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, dataset)
 
 
-@pytest.mark.parametrize(
-    "jit_compile, atol", [(False, 1e-6), (True, 1e-5)], ids=["eager-graph", "xla"]
-)
+@pytest.mark.parametrize("jit_compile, atol", [(False, 1e-6), (True, 1e-5)], ids=["eager-graph", "xla"])
 def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
     """steps(n) in one call must do exactly what n calls of steps(1) do: same batches, same per-step
     randomness (dropout, shifts: seeded by the step counter, which must not be frozen at trace time)."""
@@ -176,7 +175,7 @@ def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
 
 
 def test_batches_are_full_and_each_epoch_a_fresh_permutation():
-    from stages import training
+    from stages.lib import training
 
     n, batch_size = 100, 32
     labels = np.arange(n, dtype=np.int64)
@@ -197,7 +196,7 @@ def test_batches_are_full_and_each_epoch_a_fresh_permutation():
 
 
 def test_shift_images_moves_pixels(tf):
-    from stages import training
+    from stages.lib import training
 
     image = np.zeros([28, 28], np.float32)
     image[10:14, 10:14] = 1.0
@@ -212,7 +211,7 @@ def test_shift_images_moves_pixels(tf):
 
 
 def test_softmax_cross_entropy_with_label_smoothing(tf):
-    from stages import training
+    from stages.lib import training
 
     logits = tf.constant([[2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]])
     labels = tf.constant([0], tf.int64)
@@ -236,14 +235,14 @@ def test_ema_is_the_moving_average_of_the_weights(data):
         trainer.steps(tf.constant(1, tf.int32))
         d = min(decay, (1 + t) / (10 + t))
         expected = [d * a + (1 - d) * w for a, w in zip(expected, weights(trainer.model))]
-    for a, e, w in zip(weights(trainer.average), expected, weights(trainer.model)):
+    for a, e in zip(weights(trainer.average), expected):
         np.testing.assert_allclose(a, e, rtol=0, atol=1e-6)
     assert not np.allclose(weights(trainer.average)[0], weights(trainer.model)[0])
     assert trainer.eval_model is trainer.average
 
 
 def test_run_with_ema_keeps_and_returns_the_average(data):
-    from stages import training
+    from stages.lib import training
 
     _, plain, _ = _run(data)
     _, averaged, _ = _run(data, train__ema_decay=0.99)
@@ -259,9 +258,9 @@ def test_a_deskewing_model_trains_on_deskewed_images(data, jit_compile):
     the moving average (the model that is kept) deskews as well."""
     import tensorflow as tf
 
-    from stages import training
-    from stages.model import MLP
-    from stages.preprocessing import to_model_input
+    from stages.lib import training
+    from stages.lib.model import MLP
+    from stages.lib.preprocessing import to_model_input
 
     p = make_params(**{**TINY, "model__deskew": True, "train__jit_compile": jit_compile, "train__ema_decay": 0.9})
     train_x, train_y = data[0]

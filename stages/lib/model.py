@@ -1,4 +1,5 @@
 """The multilayer perceptron, TensorFlow Core style: one weight and one bias tf.Variable per layer."""
+
 import json
 import re
 from pathlib import Path
@@ -6,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from stages.cli import UserError
-
-from stages.preprocessing import INPUT_SIZE, to_model_input
+from stages.lib.cli import UserError
+from stages.lib.preprocessing import INPUT_SIZE, to_model_input
 
 NUM_CLASSES = 10
 ARCHITECTURE_FILE = "model.json"  # saved beside the checkpoint, so readers rebuild the same shapes
@@ -78,7 +78,12 @@ class MLP(tf.Module):
             w.assign(w * tf.minimum(1.0, max_norm / tf.maximum(norms, 1e-12)))
 
     def architecture(self) -> dict:
-        return {"input_size": INPUT_SIZE, "hidden_units": self.hidden_units, "num_classes": NUM_CLASSES, "deskew": self.deskew}
+        return {
+            "input_size": INPUT_SIZE,
+            "hidden_units": self.hidden_units,
+            "num_classes": NUM_CLASSES,
+            "deskew": self.deskew,
+        }
 
 
 def predict_logits(model: MLP, images, batch_size: int = 1000):

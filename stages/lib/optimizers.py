@@ -2,6 +2,7 @@
 tracked by tf.train.Checkpoint and updates correctly inside tf.function (a Python counter would be
 frozen at trace time). Formulas follow keras.optimizers, which the tests compare against.
 """
+
 import tensorflow as tf
 
 

@@ -2,16 +2,17 @@
 
 `run()` takes the data as arrays, so tests can inject tiny synthetic data.
 """
+
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
-from stages import distribution, optimizers
-from stages.cli import UserError
-from stages.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
-from stages.preprocessing import INPUT_SIZE, SIDE
+from stages.lib import distribution, optimizers
+from stages.lib.cli import UserError
+from stages.lib.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
+from stages.lib.preprocessing import INPUT_SIZE, SIDE
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -66,8 +67,15 @@ class Trainer(tf.Module):
     every replica applies the same update to its own copy of the variables.
     """
 
-    def __init__(self, model: MLP, cfg, batch_size: int, steps_per_epoch: int, dataset: tf.data.Dataset,
-                 strategy: tf.distribute.Strategy | None = None):
+    def __init__(
+        self,
+        model: MLP,
+        cfg,
+        batch_size: int,
+        steps_per_epoch: int,
+        dataset: tf.data.Dataset,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
         super().__init__(name="trainer")
         self.strategy = strategy or tf.distribute.get_strategy()
         self.model, self.cfg, self.global_batch = model, cfg, batch_size
@@ -112,7 +120,9 @@ class Trainer(tf.Module):
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
         grads = tape.gradient(loss, self.variables_to_train)
         if cfg.label_smoothing:  # report the plain cross-entropy, comparable with the validation loss
-            loss = tf.nn.compute_average_loss(per_example_cross_entropy(logits, labels), global_batch_size=self.global_batch)
+            loss = tf.nn.compute_average_loss(
+                per_example_cross_entropy(logits, labels), global_batch_size=self.global_batch
+            )
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == labels, tf.int64))
         return loss, correct, grads
 
@@ -191,7 +201,8 @@ def _check_losses(losses: np.ndarray, first_step: int, epoch: int) -> None:
     bad = np.flatnonzero(~(np.abs(losses) < EXPLODED_LOSS))  # also catches nan and inf
     if bad.size:
         raise UserError(
-            f"training diverged: loss is {losses[bad[0]]} at epoch {epoch}, step {first_step + bad[0]}; {_DIVERGED_HINT}"
+            f"training diverged: loss is {losses[bad[0]]} at epoch {epoch}, step {first_step + bad[0]}; "
+            + _DIVERGED_HINT
         )
 
 
@@ -241,8 +252,11 @@ def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress
             "val_accuracy": val_accuracy,
             "learning_rate": float(
                 optimizers.learning_rate(
-                    trainer.optimizer.iterations, trainer.total_steps, trainer.warmup_steps,
-                    train_cfg.learning_rate, train_cfg.lr_schedule,
+                    trainer.optimizer.iterations,
+                    trainer.total_steps,
+                    trainer.warmup_steps,
+                    train_cfg.learning_rate,
+                    train_cfg.lr_schedule,
                 )
             ),
             "seconds": time.perf_counter() - start,

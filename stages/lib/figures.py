@@ -1,4 +1,5 @@
 """The PNG pictures the stages write: confusion matrix, training curves, digit grids."""
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -20,8 +21,15 @@ def confusion_matrix(matrix: np.ndarray, path, title: str) -> None:
     image = ax.imshow(shown, cmap="Blues")
     threshold = shown.max() / 2
     for (row, col), count in np.ndenumerate(matrix):
-        ax.text(col, row, str(count), ha="center", va="center", fontsize=9,
-                color="white" if shown[row, col] > threshold else "black")
+        ax.text(
+            col,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="white" if shown[row, col] > threshold else "black",
+        )
     digits = range(matrix.shape[0])
     ax.set_xticks(digits, labels=[str(d) for d in digits])
     ax.set_yticks(digits, labels=[str(d) for d in digits])

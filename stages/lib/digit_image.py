@@ -2,10 +2,11 @@
 
 Pure numpy/Pillow, no TensorFlow; `to_mnist` is the one entry point (used by stages.predict).
 """
+
 import numpy as np
 from PIL import Image, ImageOps
 
-from stages import cli
+from stages.lib import cli
 
 FIELD = 28  # MNIST images are 28x28 ...
 BOX = 20  # ... with the digit's longer side scaled to 20 px, anti-aliased
@@ -116,7 +117,9 @@ def without_specks(ink: np.ndarray) -> np.ndarray:
     mass[0] = 0
     keep = (mass >= SPECK * mass.max())[labels] & (labels > 0)
     keep = np.pad(keep, 1)
-    keep = np.max([keep[i : i + keep.shape[0] - 2, j : j + keep.shape[1] - 2] for i in range(3) for j in range(3)], axis=0)
+    keep = np.max(
+        [keep[i : i + keep.shape[0] - 2, j : j + keep.shape[1] - 2] for i in range(3) for j in range(3)], axis=0
+    )
     return ink * np.repeat(np.repeat(keep, f, axis=0), f, axis=1)[:h, :w]
 
 
@@ -145,7 +148,9 @@ def disk_filter(grid: np.ndarray, radius: float, reduce) -> np.ndarray:
     r = int(radius)
     h, w = grid.shape
     padded = np.pad(grid, r)
-    disk = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= radius * radius + 0.5]
+    disk = [
+        (dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= radius * radius + 0.5
+    ]
     return reduce([padded[r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in disk], axis=0)
 
 

@@ -1,4 +1,5 @@
 """What every entry point shares: one-line errors with distinct exit codes, and quiet TensorFlow logs."""
+
 import os
 import sys
 

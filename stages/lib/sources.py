@@ -3,6 +3,7 @@
 Each loader returns the same thing, a `Mnist` of uint8 images (N, 28, 28) and int64 labels, in
 whatever order the source delivers them; `mnist_facts` then checks and orders them.
 """
+
 import gzip
 import importlib.util
 import math
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from stages.cli import UserError, import_tensorflow
+from stages.lib.cli import UserError, import_tensorflow
 
 
 class Mnist(NamedTuple):
@@ -93,7 +94,9 @@ def _find_idx_file(folder: Path, name: str) -> Path:
     for path in (folder / name, folder / f"{name}.gz"):
         if path.is_file():
             return path
-    raise UserError(f"{folder / name}: not found (nor {name}.gz); put the four MNIST IDX files in {folder} (data.idx_dir)")
+    raise UserError(
+        f"{folder / name}: not found (nor {name}.gz); put the four MNIST IDX files in {folder} (data.idx_dir)"
+    )
 
 
 def _read_exactly(f, size: int) -> bytearray:

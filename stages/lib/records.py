@@ -3,6 +3,7 @@
 Example: `image` = 784 raw uint8 bytes, `label` = int64. Shards per split are listed with their size
 and sha256 in meta.json, and every reader checks them before use.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from stages.cli import UserError
+from stages.lib.cli import UserError
 
 SCHEMA_VERSION = 1
 IMAGE_SIZE = 28 * 28
@@ -93,7 +94,9 @@ def verified_shards(folder: str | Path, split: str, meta: dict) -> list[str]:
     """The split's shard paths, after checking each one's size and sha256 against meta.json."""
     folder = Path(folder)
     try:
-        shards = [(folder / shard["file"], shard["bytes"], shard["sha256"]) for shard in meta["splits"][split]["shards"]]
+        shards = [
+            (folder / shard["file"], shard["bytes"], shard["sha256"]) for shard in meta["splits"][split]["shards"]
+        ]
     except (KeyError, TypeError):
         raise UserError(f"{folder / META_FILE}: no valid '{split}' split listed; {_FIX}") from None
     paths = []
@@ -119,5 +122,7 @@ def read_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         labels.append(batch_labels.numpy())
     count = meta["splits"][split]["count"]
     if sum(len(x) for x in labels) != count:
-        raise UserError(f"{folder}: split '{split}' holds {sum(len(x) for x in labels)} examples, meta.json says {count}; {_FIX}")
+        raise UserError(
+            f"{folder}: split '{split}' holds {sum(len(x) for x in labels)} examples, meta.json says {count}; {_FIX}"
+        )
     return np.concatenate(images), np.concatenate(labels)

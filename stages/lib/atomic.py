@@ -3,6 +3,7 @@
 A stage killed at any moment leaves the previous output or none, never a half-written one; the next
 run removes what a killed run left behind.
 """
+
 import contextlib
 import json
 import os

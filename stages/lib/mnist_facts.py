@@ -3,12 +3,13 @@
 Every source goes through these, so the prepared data does not depend on where (or in which order)
 the images arrived.
 """
+
 import hashlib
 
 import numpy as np
 
-from stages.cli import UserError
-from stages.sources import Mnist
+from stages.lib.cli import UserError
+from stages.lib.sources import Mnist
 
 TRAIN_CLASS_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 TEST_CLASS_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)

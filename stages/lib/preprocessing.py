@@ -1,5 +1,6 @@
 """The one preprocessing step, shared by train, evaluate and the exported serving signature:
 scaling to [0, 1], and the deskewing a model with `model.deskew` applies to its inputs."""
+
 import tensorflow as tf
 
 SIDE = 28
@@ -36,7 +37,9 @@ def deskew_images(x: tf.Tensor) -> tf.Tensor:
     # Output pixel (r, c) reads the input at (r + row_mean - 14, c + slant (r - 14) + col_mean - 14).
     centre = SIDE / 2
     rows = grid[None, :, None] + (row_mean - centre)[:, None, None]  # [B, 28, 1]
-    cols = grid[None, None, :] + slant[:, None, None] * (grid[None, :, None] - centre) + (col_mean - centre)[:, None, None]
+    cols = (
+        grid[None, None, :] + slant[:, None, None] * (grid[None, :, None] - centre) + (col_mean - centre)[:, None, None]
+    )
     rows = tf.broadcast_to(rows, tf.shape(cols))
     return _bilinear(x, rows, cols)
 

@@ -5,12 +5,13 @@
                 so the multi-replica path runs (and is tested) on any machine;
 - multi_worker: one process per machine, the cluster read from TF_CONFIG, RING all-reduce.
 """
+
 import json
 import os
 
 import tensorflow as tf
 
-from stages.cli import UserError
+from stages.lib.cli import UserError
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 

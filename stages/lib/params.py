@@ -4,6 +4,7 @@ Defaults live in params.yaml itself (each with a comment); here every key is req
 are an error (with a "did you mean"), and every stage validates the whole file before doing any work.
 Kept free of TensorFlow so a bad value is reported in a fraction of a second.
 """
+
 import difflib
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from stages.cli import ParamsError
+from stages.lib.cli import ParamsError
 
 MNIST_TRAIN_SIZE = 60_000  # images in the official training set, split into train + val
 

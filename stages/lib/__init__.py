@@ -1,0 +1,1 @@
+"""The library the stage entry points share: one job per module (see README, Project layout)."""
