@@ -43,7 +43,7 @@ def make_strategy(name: str, cpu_replicas: int) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise UserError("train.strategy is multi_worker but TF_CONFIG is not set (see README, Scaling up)")
+            raise UserError("train.strategy is multi_worker but TF_CONFIG is not set (see docs/scaling.md)")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as exc:
