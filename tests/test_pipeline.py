@@ -2,6 +2,7 @@
 copied from this one, on small synthetic IDX data (slow, about 1.5 minutes: `python -m pytest -m slow`).
 """
 
+import ast
 import csv
 import gzip
 import json
@@ -10,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +66,76 @@ def test_dvc_yaml_declares_the_pipeline():
     assert sorted(stages["train"]["params"]) == ["model", "train"]
     assert "reports/metrics.json" in _declared(dvc_yaml["metrics"])
     assert {"reports/metrics.json"} == _declared(stages["evaluate"]["metrics"])
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of module `name` ("stages.lib.model") under the repo, or None if it is not one."""
+    base = REPO.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _stages_modules_used(path: Path) -> set[str]:
+    """Names of the `stages` modules that `path` imports (anywhere, function-level imports included) or runs by
+    name (a string such as "stages.score_saved_model", as in `python -m stages.score_saved_model`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+    }
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            used.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            used.add(node.module)
+            used.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from stages.lib import a, b`
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            used.update(re.findall(r"\bstages(?:\.\w+)+", node.value))
+    return {name for name in used if name.split(".")[0] == "stages" and _module_file(name)}
+
+
+def _stage_code(entry_point: str) -> set[str]:
+    """Repo-relative paths of `entry_point` ("stages.train") and every `stages` module it uses, transitively.
+    A package's __init__.py counts only when it holds more than a docstring."""
+    seen, todo = set(), [entry_point]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        rel = path.relative_to(REPO).as_posix()
+        if rel in seen:
+            continue
+        body = ast.parse(path.read_text()).body
+        if path.name != "__init__.py" or not (len(body) == 1 and isinstance(body[0], ast.Expr)):
+            seen.add(rel)
+        todo.extend(_stages_modules_used(path))
+        parent = name.rpartition(".")[0]
+        if parent:
+            todo.append(parent)  # importing stages.lib.x runs stages/lib/__init__.py first
+    return seen
+
+
+def test_each_stage_declares_the_code_it_runs():
+    """Fast, no TensorFlow: a stage's `deps` list exactly the `stages/` files its command runs (its module and
+    every `stages` module that imports, transitively, read with ast), so editing any of them reruns the stage
+    and nothing else does."""
+    dvc_yaml, error = _load_dvc_yaml()
+    assert error is None, f"dvc.yaml is not valid YAML: {error}"
+    problems = []
+    for name, stage in dvc_yaml["stages"].items():
+        entry_point = re.match(r"python -m (stages\.\w+)", " ".join(stage["cmd"].split())).group(1)
+        used = _stage_code(entry_point)
+        declared = {path for path in _declared(stage.get("deps")) if path.startswith("stages/")}
+        if used - declared:
+            problems.append(f"stage {name}: its code uses {', '.join(sorted(used - declared))}, not in its deps")
+        if declared - used:
+            problems.append(f"stage {name}: deps list {', '.join(sorted(declared - used))}, which its code never uses")
+    assert not problems, "dvc.yaml is out of step with the code:\n" + "\n".join(problems)
 
 
 def _project_files() -> list[str]:
