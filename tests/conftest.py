@@ -1,12 +1,18 @@
-"""Shared fixtures: the repo's params as a dict, tiny synthetic MNIST-format data, IDX writers.
+"""What the tests share (the only place helpers live; no test module imports another): the repo's params,
+tiny synthetic MNIST-format data, IDX writers, file hashes, running commands, tiny copies of this repo.
 
-TensorFlow is imported lazily by the test modules that need it (and only once per session), so the
-params and sources tests stay fast.
+TensorFlow is imported only through the `tf` fixture (once per session, after the CPU is split into two
+logical devices, which is possible only before TensorFlow starts), so the params and sources tests stay
+fast and the suite passes in any file order.
 """
 
 import copy
 import gzip
+import hashlib
 import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,6 +76,18 @@ PLAIN_TRAIN = dict(
 )
 
 
+# A 784-32-10 MLP, 3 epochs of batch 32, 4 steps per tf.function call: the training loop's tests.
+TINY_TRAIN = dict(
+    PLAIN_TRAIN,
+    model__hidden_units=[32],
+    train__epochs=3,
+    train__batch_size=32,
+    train__steps_per_call=4,
+)
+# The same on two replicas (mirrored CPUs, or two worker processes in tests/multi_worker_child.py).
+TINY_DISTRIBUTED = dict(TINY_TRAIN, train__epochs=2, train__cpu_replicas=2)
+
+
 def make_params(**overrides):
     """Validated Params from base_params() with dotted overrides given as `train__epochs=3`."""
     from stages.lib import params
@@ -113,6 +131,29 @@ def make_mnist(n_train: int, n_test: int, seed: int = 0):
     return Mnist(train_x, train_y, test_x, test_y)
 
 
+def tiny_data(n_train: int = 256, n_val: int = 64):
+    """((train images (n, 784), labels), (val images, labels)) of the synthetic classes, for training.run."""
+    train_x, train_y = make_split(n_train, seed=0)
+    val_x, val_y = make_split(n_val, seed=5)
+    return (train_x.reshape(-1, 784), train_y), (val_x.reshape(-1, 784), val_y)
+
+
+def make_trainer(p, train_data, batch_size: int | None = None, strategy=None):
+    """A training.Trainer for params `p` on (images, labels), under `strategy` when given."""
+    import contextlib
+
+    from stages.lib import training
+    from stages.lib.model import MLP
+
+    train_x, train_y = train_data
+    batch_size = batch_size or p.train.batch_size
+    dataset = training.batches(train_x, train_y, batch_size, p.train.seed)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = MLP(p.model.hidden_units, seed=p.train.seed)
+        extra = () if strategy is None else (strategy,)
+        return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, dataset, *extra)
+
+
 # --- IDX files -----------------------------------------------------------------------------------
 
 IDX_NAMES = {
@@ -131,18 +172,118 @@ def idx_bytes(array: np.ndarray, images: bool) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_idx(folder, data, compress: bool = False) -> Path:
-    """Write the four standard IDX files of `data` (a sources.Mnist) into `folder`, plain or .gz."""
+def idx_files(data) -> dict[str, bytes]:
+    """{key: IDX bytes} of the four arrays of `data` (a sources.Mnist), keys as in IDX_NAMES."""
+    return {key: idx_bytes(getattr(data, key), images=key.endswith("images")) for key in IDX_NAMES}
+
+
+def write_idx_files(folder, files: dict[str, bytes], compress=False) -> Path:
+    """Write {key: bytes} under the standard names; `compress` True (all .gz), False (none) or a set of keys."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for key, name in IDX_NAMES.items():
-        payload = idx_bytes(getattr(data, key), images=key.endswith("images"))
-        if compress:
-            with gzip.open(folder / f"{name}.gz", "wb") as f:
-                f.write(payload)
-        else:
-            (folder / name).write_bytes(payload)
+    for key, payload in files.items():
+        gz = compress is True or (isinstance(compress, set) and key in compress)
+        name = IDX_NAMES[key] + (".gz" if gz else "")
+        (folder / name).write_bytes(gzip.compress(payload, mtime=0) if gz else payload)
     return folder
+
+
+def write_idx(folder, data, compress=False) -> Path:
+    """Write the four standard IDX files of `data` (a sources.Mnist) into `folder`: plain, .gz, or a mix
+    (`compress` a set of keys)."""
+    return write_idx_files(folder, idx_files(data), compress)
+
+
+# --- files and dvc.yaml --------------------------------------------------------------------------
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tree_bytes(root, rel: str = ".") -> dict[str, bytes]:
+    """{path relative to root: bytes} of the file root/rel, or of every file under the folder root/rel."""
+    root = Path(root)
+    top = root / rel
+    if top.is_file():
+        return {rel: top.read_bytes()}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file()}
+
+
+def declared_paths(entries) -> set[str]:
+    """Paths of a dvc.yaml deps/outs/metrics list, whose entries are strings or {path: options}."""
+    paths = set()
+    for entry in entries or []:
+        paths.update([entry] if isinstance(entry, str) else entry)
+    return paths
+
+
+def lock_outs(repo) -> dict[str, str]:
+    """{path: md5} of every stage output recorded in repo/dvc.lock."""
+    lock = yaml.safe_load((Path(repo) / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def names_key(message: str, key: str) -> bool:
+    """The full dotted params key appears in `message` as a whole (not as part of a longer key)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
+
+
+# --- commands, and tiny copies of this repo --------------------------------------------------------
+
+DVC_TIMEOUT = 600  # seconds for one dvc command on tiny data, on a busy machine
+
+
+def run(argv, cwd, timeout=DVC_TIMEOUT, check=True) -> subprocess.CompletedProcess:
+    """Run a command (dvc, git, python -m stages...) with the test's python first on PATH; check its exit code."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert done.returncode == 0, (
+            f"{' '.join(map(str, argv))} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def git(repo, *args) -> subprocess.CompletedProcess:
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+    return run(["git", *identity, "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args], repo, 120)
+
+
+def project_files() -> list[str]:
+    """The repo's files as a fresh clone (plus uncommitted work) has them: tracked, and untracked but not ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return sorted(path for path in listed.split("\0") if path and (REPO / path).is_file())
+
+
+def tiny_repo(repo, mnist, message: str, **sections) -> None:
+    """A git repo at `repo` with the project's pipeline files (not its tests nor dvc.lock), `mnist` as
+    gzipped IDX files in data/raw, and params.yaml switched to them (idx source, verify off), each
+    `sections` mapping (data=..., model=..., train=...) updating that params section. Committed."""
+    repo = Path(repo)
+    files = project_files()
+    assert ".dvc/config" in files and "dvc.yaml" in files and "params.yaml" in files
+    for path in files:
+        if path.startswith("tests/") or path == "dvc.lock":
+            continue  # the tests are not part of the pipeline; a stale lock would only be rewritten
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / path, repo / path)
+    raw = base_params()
+    raw["data"].update(source="idx", idx_dir="data/raw", verify=False)
+    for section, values in sections.items():
+        raw[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_idx(repo / "data" / "raw", mnist, compress=True)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    assert git(repo, "status", "--porcelain").stdout == ""  # data/raw is ignored, nothing else left out
 
 
 # --- fixtures ------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from conftest import make_params  # noqa: E402  (tests/ is this script's folder, so on sys.path)
-from test_distribution import TINY, tiny_data  # noqa: E402
+from conftest import (  # noqa: E402  (tests/, this script's folder, is on sys.path)
+    TINY_DISTRIBUTED,
+    make_params,
+    tiny_data,
+)
 
 
 def main(out: str) -> None:
@@ -17,7 +20,7 @@ def main(out: str) -> None:
 
     from stages.lib import distribution, training
 
-    p = make_params(**{**TINY, "train__strategy": "multi_worker"})
+    p = make_params(**{**TINY_DISTRIBUTED, "train__strategy": "multi_worker"})
     strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # first: before any op
     tf.keras.utils.set_random_seed(p.train.seed)  # as stages/train.py does (it seeds the shuffle as well)
     result = training.run(*tiny_data(), p.model, p.train, strategy=strategy)

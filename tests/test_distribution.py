@@ -10,34 +10,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, make_params, make_split
-from test_training import TINY as TRAINING_TINY
+from conftest import REPO, TINY_DISTRIBUTED, make_params, make_trainer, tiny_data
 
 from stages.lib import cli
 
 pytestmark = pytest.mark.usefixtures("tf")
 
-TINY = dict(TRAINING_TINY, train__epochs=2, train__cpu_replicas=2)
 ATOL = 1e-5  # summing two half-batch gradients instead of one batch's changes the last bits
-
-
-def tiny_data():
-    train_x, train_y = make_split(256, seed=0)
-    val_x, val_y = make_split(64, seed=5)
-    return (train_x.reshape(-1, 784), train_y), (val_x.reshape(-1, 784), val_y)
-
-
-def _trainer(p, strategy):
-    from stages.lib import training
-    from stages.lib.model import MLP
-
-    (train_x, train_y), _ = tiny_data()
-    dataset = training.batches(train_x, train_y, p.train.batch_size, p.train.seed)
-    with strategy.scope():
-        model = MLP(p.model.hidden_units, seed=p.train.seed)
-        return training.Trainer(
-            model, p.train, p.train.batch_size, len(train_y) // p.train.batch_size, dataset, strategy
-        )
 
 
 def _mirrored():
@@ -59,10 +38,10 @@ def test_mirrored_replicas_match_one_device(jit_compile):
     import tensorflow as tf
 
     p = make_params(
-        **{**TINY, "train__jit_compile": jit_compile, "train__label_smoothing": 0.1, "train__max_norm": 1.0}
+        **{**TINY_DISTRIBUTED, "train__jit_compile": jit_compile, "train__label_smoothing": 0.1, "train__max_norm": 1.0}
     )
-    one = _trainer(p, tf.distribute.get_strategy())
-    two = _trainer(p, _mirrored())
+    one = make_trainer(p, tiny_data()[0], strategy=tf.distribute.get_strategy())
+    two = make_trainer(p, tiny_data()[0], strategy=_mirrored())
     losses_one, correct_one = one.steps(tf.constant(6, tf.int32))
     losses_two, correct_two = two.steps(tf.constant(6, tf.int32))
     np.testing.assert_allclose(losses_two.numpy(), losses_one.numpy(), rtol=0, atol=ATOL)
@@ -91,7 +70,9 @@ def test_without_the_all_reduce_replicas_drift_apart(monkeypatch):
         return original(self, images, labels)
 
     monkeypatch.setattr(training.Trainer, "_replica_step", no_all_reduce)
-    trainer = _trainer(make_params(**{**TINY, "train__jit_compile": False}), _mirrored())
+    trainer = make_trainer(
+        make_params(**{**TINY_DISTRIBUTED, "train__jit_compile": False}), tiny_data()[0], strategy=_mirrored()
+    )
     trainer.steps(tf.constant(3, tf.int32))
     first, second = _replica_values(trainer.model.weights[0])
     assert not np.allclose(first, second)
@@ -102,7 +83,7 @@ def test_mirrored_run_learns_like_the_default():
 
     from stages.lib import training
 
-    p = make_params(**{**TINY, "train__jit_compile": False})
+    p = make_params(**{**TINY_DISTRIBUTED, "train__jit_compile": False})
     tf.keras.utils.set_random_seed(p.train.seed)
     default = training.run(*tiny_data(), p.model, p.train)
     tf.keras.utils.set_random_seed(p.train.seed)
@@ -116,9 +97,9 @@ def test_mirrored_run_learns_like_the_default():
 
 
 def test_a_batch_that_does_not_split_over_the_replicas_is_refused():
-    p = make_params(**{**TINY, "train__batch_size": 33})
+    p = make_params(**{**TINY_DISTRIBUTED, "train__batch_size": 33})
     with pytest.raises(cli.UserError, match="train.batch_size = 33 does not split evenly over 2 replicas"):
-        _trainer(p, _mirrored())
+        make_trainer(p, tiny_data()[0], strategy=_mirrored())
 
 
 def test_multi_worker_needs_tf_config(monkeypatch):
@@ -196,7 +177,7 @@ def test_two_workers_on_localhost_train_in_step(tmp_path):
 
     import tensorflow as tf
 
-    p = make_params(**TINY)
+    p = make_params(**TINY_DISTRIBUTED)
     tf.keras.utils.set_random_seed(p.train.seed)  # as the workers (and stages/train.py) do
     alone = training.run(*tiny_data(), p.model, p.train)
     for i, v in enumerate(alone.model.trainable_variables):

@@ -18,8 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import REPO, make_mnist
-from test_pipeline import _git, _run, tiny_repo
+from conftest import REPO, git, make_mnist, run, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +50,13 @@ def exp(tmp_path_factory):
         model=dict(hidden_units=[16]),
         train=dict(epochs=2, batch_size=32, learning_rate=BASE_LR),
     )
-    _run(["dvc", "repro"], repo)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "baseline")
-    assert _git(repo, "status", "--porcelain").stdout == ""
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    assert git(repo, "status", "--porcelain").stdout == ""
     baseline = json.loads((repo / "reports/metrics.json").read_text())
 
-    done = _run(["dvc", "exp", "run", "-S", f"train.learning_rate={EXP_LR}"], repo)
+    done = run(["dvc", "exp", "run", "-S", f"train.learning_rate={EXP_LR}"], repo)
     output = done.stdout + done.stderr
     name = re.search(r"Ran experiment\(s\): (\S+)", output)
     assert name, output
@@ -71,7 +70,7 @@ def exp(tmp_path_factory):
 
 
 def _json(argv, repo):
-    return json.loads(_run(argv, repo).stdout)
+    return json.loads(run(argv, repo).stdout)
 
 
 def test_exp_run_reruns_only_what_train_params_feed(exp):
@@ -81,7 +80,7 @@ def test_exp_run_reruns_only_what_train_params_feed(exp):
     assert f"lr {EXP_LR:g}" in exp.output  # train's start line: the override reached the stage
     assert "Experiment results have been applied to your workspace" in exp.output
     assert yaml.safe_load((exp.repo / "params.yaml").read_text())["train"]["learning_rate"] == EXP_LR
-    assert "up to date" in _run(["dvc", "status"], exp.repo).stdout
+    assert "up to date" in run(["dvc", "status"], exp.repo).stdout
 
 
 def test_exp_show_lists_the_experiment(exp):
@@ -102,14 +101,14 @@ def test_exp_show_lists_the_experiment(exp):
 
     rows = {
         row["Experiment"] or row["rev"]: row
-        for row in csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], exp.repo).stdout))
+        for row in csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], exp.repo).stdout))
     }
     assert {"workspace", "main", exp.name} <= set(rows)
     for rev, lr, metrics in (("main", BASE_LR, exp.baseline), (exp.name, EXP_LR, exp.metrics)):
         assert float(rows[rev]["train.learning_rate"]) == lr
         assert float(rows[rev]["test.accuracy"]) == metrics["test"]["accuracy"]
 
-    narrow = _run(["dvc", "exp", "show", "--only-changed", "--md"], exp.repo).stdout
+    narrow = run(["dvc", "exp", "show", "--only-changed", "--md"], exp.repo).stdout
     header = narrow.splitlines()[0]
     assert "train.learning_rate" in header and "test.accuracy" in header, narrow
     assert "train.epochs" not in header and "model.hidden_units" not in header, narrow  # unchanged: left out
@@ -124,7 +123,7 @@ def test_params_diff_against_the_last_commit(exp):
     assert _json(["dvc", "params", "diff", "HEAD", exp.name, "--json"], exp.repo) == expected
     assert _json(["dvc", "exp", "diff", "--json"], exp.repo)["params"] == expected
 
-    text = _run(["dvc", "params", "diff"], exp.repo).stdout
+    text = run(["dvc", "params", "diff"], exp.repo).stdout
     assert re.search(rf"params\.yaml\s+train\.learning_rate\s+{BASE_LR}\s+{EXP_LR}\b", text), text
 
 
@@ -134,7 +133,7 @@ def test_metrics_diff_shows_test_accuracy(exp):
     for argv in (["dvc", "metrics", "diff", "--json"], ["dvc", "metrics", "diff", "HEAD", exp.name, "--json"]):
         diff = _json(argv, exp.repo)["reports/metrics.json"]
         assert (diff["test.accuracy"]["old"], diff["test.accuracy"]["new"]) == (old, new), argv
-    text = _run(["dvc", "metrics", "diff"], exp.repo).stdout
+    text = run(["dvc", "metrics", "diff"], exp.repo).stdout
     assert re.search(rf"reports/metrics\.json\s+test\.accuracy\s+{old}\s+{new}\s", text), text
 
 
@@ -192,8 +191,8 @@ def _check_page(out_dir, revs: list[str], exp):
 @pytest.fixture(scope="module")
 def plots(exp):
     """`dvc plots show` into dvc_plots/ and `dvc plots diff` (workspace vs HEAD) into dvc_plots_diff/."""
-    shown = _run(["dvc", "plots", "show"], exp.repo).stdout
-    diffed = _run(["dvc", "plots", "diff", "-o", "dvc_plots_diff"], exp.repo).stdout
+    shown = run(["dvc", "plots", "show"], exp.repo).stdout
+    diffed = run(["dvc", "plots", "diff", "-o", "dvc_plots_diff"], exp.repo).stdout
     return SimpleNamespace(show=exp.repo / "dvc_plots", diff=exp.repo / "dvc_plots_diff", outputs=(shown, diffed))
 
 
@@ -302,13 +301,13 @@ def test_misspelt_param_is_refused(exp):
     repo = exp.repo
     params_before = (repo / "params.yaml").read_text()
     try:
-        plain = _run(["dvc", "exp", "run", "-S", "train.learnig_rate=0.003"], repo, check=False)
+        plain = run(["dvc", "exp", "run", "-S", "train.learnig_rate=0.003"], repo, check=False)
         output = plain.stdout + plain.stderr
         assert plain.returncode != 0, output
         assert "Could not override 'train.learnig_rate'" in output and "+train.learnig_rate" in output, output
         assert "Running stage" not in output and (repo / "params.yaml").read_text() == params_before
 
-        added = _run(["dvc", "exp", "run", "-S", "+train.learnig_rate=0.003"], repo, check=False)
+        added = run(["dvc", "exp", "run", "-S", "+train.learnig_rate=0.003"], repo, check=False)
         output = added.stdout + added.stderr
         assert added.returncode != 0, output
         errors = [line for line in output.splitlines() if line.startswith("error:")]
@@ -320,6 +319,6 @@ def test_misspelt_param_is_refused(exp):
     finally:
         # DVC removed train's outputs before running it: put the applied experiment back
         (repo / "params.yaml").write_text(params_before)
-        _run(["dvc", "checkout"], repo)
-    assert "up to date" in _run(["dvc", "status"], repo).stdout
+        run(["dvc", "checkout"], repo)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
     assert json.loads((repo / "reports/metrics.json").read_text()) == exp.metrics

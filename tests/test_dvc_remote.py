@@ -18,35 +18,15 @@ tracks their `.dvc` files (treeverse/dvc#10987). /.gitignore therefore ignores t
 
 import os
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import IDX_NAMES, make_mnist
-from test_pipeline import _git, _run, tiny_repo
+from conftest import IDX_NAMES, git, lock_outs, make_mnist, run, tiny_repo, tree_bytes
 
 pytestmark = pytest.mark.slow
 
 RAW = [f"data/raw/{name}.gz" for name in IDX_NAMES.values()]  # tiny_repo writes them gzipped
-
-
-def _files(root, rel):
-    """{path relative to root: bytes} of a file, or of every file under a folder."""
-    top = root / rel
-    if top.is_file():
-        return {rel: top.read_bytes()}
-    return {
-        os.path.relpath(Path(folder, name), root): Path(folder, name).read_bytes()
-        for folder, _, names in os.walk(top)
-        for name in names
-    }
-
-
-def _lock_outs(repo) -> dict[str, str]:
-    """{path: md5} of every stage output recorded in dvc.lock."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]}
 
 
 def _uncached(repo) -> set[str]:
@@ -76,25 +56,25 @@ def shared(tmp_path_factory):
         model=dict(hidden_units=[64]),
         train=dict(epochs=2, batch_size=64),
     )
-    _run(["dvc", "add", *RAW], a)
-    _run(["dvc", "remote", "add", "-d", "storage", str(remote)], a)
-    _git(a, "add", ".dvc/config", *(f"{path}.dvc" for path in RAW))
-    _git(a, "commit", "-q", "-m", "raw IDX files under DVC; a local remote")
-    _run(["dvc", "repro"], a)
-    changed = {line[3:] for line in _git(a, "status", "--porcelain", "-uall").stdout.splitlines()}
-    _git(a, "add", "-A")
-    _git(a, "commit", "-q", "-m", "dvc repro")
-    _run(["dvc", "push"], a)
+    run(["dvc", "add", *RAW], a)
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], a)
+    git(a, "add", ".dvc/config", *(f"{path}.dvc" for path in RAW))
+    git(a, "commit", "-q", "-m", "raw IDX files under DVC; a local remote")
+    run(["dvc", "repro"], a)
+    changed = {line[3:] for line in git(a, "status", "--porcelain", "-uall").stdout.splitlines()}
+    git(a, "add", "-A")
+    git(a, "commit", "-q", "-m", "dvc repro")
+    run(["dvc", "push"], a)
 
-    _git(tmp, "clone", "-q", str(a), str(b))
+    git(tmp, "clone", "-q", str(a), str(b))
     before = SimpleNamespace(
         present={
             p for p in (*RAW, "data/prepared", "artifacts/checkpoint", "artifacts/saved_model") if (b / p).exists()
         },
         cache=(b / ".dvc/cache").exists(),
-        status=_run(["dvc", "status"], b).stdout,
+        status=run(["dvc", "status"], b).stdout,
     )
-    pull = _run(["dvc", "pull"], b)
+    pull = run(["dvc", "pull"], b)
     return SimpleNamespace(a=a, b=b, remote=remote, tmp=tmp, changed=changed, before=before, pull=pull.stdout)
 
 
@@ -103,7 +83,7 @@ def test_repro_changes_only_dvc_lock_and_uncached_outputs_in_git(shared):
 
 
 def test_push_sends_every_cached_output_and_the_raw_files(shared):
-    outs = {path: md5 for path, md5 in _lock_outs(shared.a).items() if path not in _uncached(shared.a)}
+    outs = {path: md5 for path, md5 in lock_outs(shared.a).items() if path not in _uncached(shared.a)}
     for path in RAW:
         outs[path] = yaml.safe_load((shared.a / f"{path}.dvc").read_text())["outs"][0]["md5"]
     stored = {
@@ -124,21 +104,21 @@ def test_fresh_clone_has_no_data(shared):
 
 def test_pull_restores_every_output_byte_for_byte(shared):
     a, b = shared.a, shared.b
-    paths = [*_lock_outs(a), *RAW]
+    paths = [*lock_outs(a), *RAW]
     assert {"data/prepared", "artifacts/checkpoint", "artifacts/saved_model", "reports/metrics.json"} <= set(paths)
     for path in paths:
-        expected, got = _files(a, path), _files(b, path)
+        expected, got = tree_bytes(a, path), tree_bytes(b, path)
         assert expected, path
         assert sorted(got) == sorted(expected), path
         assert all(got[name] == content for name, content in expected.items()), path
 
 
 def test_pulled_clone_is_up_to_date_and_repro_runs_nothing(shared):
-    assert "Data and pipelines are up to date" in _run(["dvc", "status"], shared.b).stdout
-    done = _run(["dvc", "repro"], shared.b)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], shared.b).stdout
+    done = run(["dvc", "repro"], shared.b)
     assert "Running stage" not in done.stdout + done.stderr, done.stdout
     assert "Stage 'export' didn't change, skipping" in done.stdout, done.stdout
-    assert _git(shared.b, "status", "--porcelain").stdout == ""  # dvc.lock untouched
+    assert git(shared.b, "status", "--porcelain").stdout == ""  # dvc.lock untouched
 
 
 def test_pull_from_an_empty_remote_fails(shared):
@@ -146,10 +126,10 @@ def test_pull_from_an_empty_remote_fails(shared):
     `dvc remote modify --local` writes .dvc/config.local, which git ignores."""
     c, empty = shared.tmp / "c", shared.tmp / "empty"
     empty.mkdir()
-    _git(shared.tmp, "clone", "-q", str(shared.a), str(c))
-    _run(["dvc", "remote", "modify", "--local", "storage", "url", str(empty)], c)
-    assert _git(c, "status", "--porcelain").stdout == ""
-    done = _run(["dvc", "pull"], c, check=False)
+    git(shared.tmp, "clone", "-q", str(shared.a), str(c))
+    run(["dvc", "remote", "modify", "--local", "storage", "url", str(empty)], c)
+    assert git(c, "status", "--porcelain").stdout == ""
+    done = run(["dvc", "pull"], c, check=False)
     assert done.returncode != 0
     assert "failed to pull data from the cloud" in done.stderr, done.stderr
     assert not (c / "artifacts/saved_model").exists() and not (c / RAW[0]).exists()

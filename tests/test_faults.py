@@ -17,7 +17,6 @@ Slow (`python -m pytest -m slow tests/test_faults.py`):
 Serving's refusal of wrong dtypes and shapes is tested in test_serving.py.
 """
 
-import hashlib
 import importlib
 import json
 import os
@@ -32,7 +31,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DELETE, PLAIN_TRAIN, REPO, base_params, make_mnist, with_overrides, write_idx
+from conftest import (
+    DELETE,
+    PLAIN_TRAIN,
+    REPO,
+    base_params,
+    declared_paths,
+    lock_outs,
+    make_mnist,
+    names_key,
+    run,
+    sha256,
+    tiny_repo,
+    tree_bytes,
+    with_overrides,
+    write_idx,
+)
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 600, 200, 100, 200
 STAGES = ("prepare", "train", "evaluate", "export")
@@ -51,17 +65,10 @@ def _stage_options(stage: str) -> list[tuple[str, str]]:
     return re.findall(r"(--[a-z][a-z-]*) (\S+)", cmd)
 
 
-def _declared(entries) -> set[str]:
-    paths = set()
-    for entry in entries or []:
-        paths.update([entry] if isinstance(entry, str) else entry)
-    return paths
-
-
 def _stage_outputs(stage: str) -> list[str]:
     """The stage's output paths (outs and metrics in dvc.yaml), in command-line order."""
     stage_yaml = _DVC_YAML["stages"][stage]
-    declared = _declared(stage_yaml.get("outs")) | _declared(stage_yaml.get("metrics"))
+    declared = declared_paths(stage_yaml.get("outs")) | declared_paths(stage_yaml.get("metrics"))
     return [path for option, path in _stage_options(stage) if path in declared]
 
 
@@ -85,10 +92,6 @@ def _stage_argv(stage: str, root: Path, params_path: Path) -> list[str]:
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _snapshot(root: Path, folder_mtimes: bool = True) -> dict:
     """Every entry under root: files by (sha256, mtime), folders by presence (and mtime if asked)."""
     state = {}
@@ -97,7 +100,7 @@ def _snapshot(root: Path, folder_mtimes: bool = True) -> dict:
         if path.is_dir() and not path.is_symlink():
             state[key] = ("folder", path.stat().st_mtime_ns if folder_mtimes else None)
         else:
-            state[key] = (_sha(path), path.lstat().st_mtime_ns)
+            state[key] = (sha256(path), path.lstat().st_mtime_ns)
     return state
 
 
@@ -146,11 +149,11 @@ def _output_state(path: Path):
             pass  # not a complete report: compared by its bytes below, it matches no complete version
     if path.is_dir():
         return tuple(
-            (str(p.relative_to(path)), "present" if p.name == "fingerprint.pb" else _sha(p))
+            (str(p.relative_to(path)), "present" if p.name == "fingerprint.pb" else sha256(p))
             for p in sorted(path.rglob("*"))
             if p.is_file()
         )
-    return _sha(path)
+    return sha256(path)
 
 
 # --- params, and running the stages ----------------------------------------------------------------
@@ -223,11 +226,6 @@ def _one_error_line(stderr: str) -> str:
     assert lines[0].startswith("error: "), lines[0]
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def _names_key(message: str, key: str) -> bool:
-    """The full dotted key appears as a whole (not as part of a longer key)."""
-    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
 
 
 def _disable_op_determinism() -> None:
@@ -356,7 +354,7 @@ def test_bad_params_exit_2_with_one_line_and_touch_nothing(tmp_path, content, ke
         assert line.startswith(f"error: {params_path}: "), f"{stage}: {line}"
         assert fragment in line, f"{stage}: {line}"
         if key:
-            assert _names_key(line, key), f"{stage}: {line}"
+            assert names_key(line, key), f"{stage}: {line}"
         assert out == "", f"{stage} printed {out!r}"
     assert _changes(before, _snapshot(tmp_path)) == []
 
@@ -844,19 +842,8 @@ def test_export_killed_leaves_previous_or_nothing(repo):
 # === 5. determinism: dvc repro, then dvc repro --force =================================================
 
 
-def _lock_outputs(lock_text: str) -> dict:
-    lock = yaml.safe_load(lock_text)
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-
-
-def _files(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.slow
 def test_repro_force_gives_identical_hashes(tmp_path):
-    from test_pipeline import _run, tiny_repo
-
     repo = tmp_path / "repo"
     tiny_repo(
         repo,
@@ -867,15 +854,15 @@ def test_repro_force_gives_identical_hashes(tmp_path):
         train=dict(epochs=2, batch_size=32),
     )
 
-    _run(["dvc", "repro"], repo)
-    first_lock = _lock_outputs((repo / "dvc.lock").read_text())
-    first_saved_model = _files(repo / SAVED_MODEL)
+    run(["dvc", "repro"], repo)
+    first_lock = lock_outs(repo)
+    first_saved_model = tree_bytes(repo / SAVED_MODEL)
     first_report = json.loads((repo / EXPORT_REPORT).read_text())
-    second = _run(["dvc", "repro", "--force"], repo)
+    second = run(["dvc", "repro", "--force"], repo)
     output = second.stdout + second.stderr
     assert all(f"Running stage '{stage}'" in output for stage in STAGES), output
-    second_lock = _lock_outputs((repo / "dvc.lock").read_text())
-    second_saved_model = _files(repo / SAVED_MODEL)
+    second_lock = lock_outs(repo)
+    second_saved_model = tree_bytes(repo / SAVED_MODEL)
     second_report = json.loads((repo / EXPORT_REPORT).read_text())
 
     for path in (PREPARED, CHECKPOINT, METRICS):

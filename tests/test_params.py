@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DELETE, REPO, SYNTHETIC_MODEL, base_params, with_overrides
+from conftest import DELETE, REPO, SYNTHETIC_MODEL, base_params, names_key, with_overrides
 
 from stages.lib import cli, params
 
@@ -105,11 +105,6 @@ BAD = [
 ]
 
 
-def _names_key(message: str, key: str) -> bool:
-    """The full dotted key appears as a whole (not as part of a longer key)."""
-    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
-
-
 @pytest.mark.parametrize("overrides, key, fragment", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
 def test_bad_params_name_the_key(overrides, key, fragment):
     raw = with_overrides(base_params(), overrides)
@@ -117,7 +112,7 @@ def test_bad_params_name_the_key(overrides, key, fragment):
         params.validate(raw, "my-params.yaml")
     message = str(caught.value)
     assert message.startswith("my-params.yaml: ")
-    assert _names_key(message, key), message
+    assert names_key(message, key), message
     assert fragment in message
     assert "\n" not in message
     assert caught.value.exit_code == cli.EXIT_USAGE == 2
@@ -236,7 +231,7 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, stage, overrid
     assert lines[0].startswith(f"error: {params_path}: ")
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     if key:
-        assert _names_key(lines[0], key), lines[0]
+        assert names_key(lines[0], key), lines[0]
     else:
         assert "not valid YAML" in lines[0]
     assert list(outputs.iterdir()) == []

@@ -6,21 +6,16 @@ import ast
 import csv
 import gzip
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, base_params, idx_bytes, make_mnist, write_idx
+from conftest import REPO, declared_paths, idx_bytes, make_mnist, run, tiny_repo
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 1200, 300, 200, 500
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DVC_TIMEOUT = 600
 
 
 STAGES = ("prepare", "train", "evaluate", "export")
@@ -32,14 +27,6 @@ def _load_dvc_yaml(root=REPO):
         return yaml.safe_load((root / "dvc.yaml").read_text()), None
     except yaml.YAMLError as exc:
         return None, exc
-
-
-def _declared(entries) -> set[str]:
-    """Paths of a deps/outs/metrics list, whose entries are strings or {path: options}."""
-    paths = set()
-    for entry in entries or []:
-        paths.update([entry] if isinstance(entry, str) else entry)
-    return paths
 
 
 def test_dvc_yaml_declares_the_pipeline():
@@ -55,8 +42,8 @@ def test_dvc_yaml_declares_the_pipeline():
     for name, stage in stages.items():
         cmd = " ".join(stage["cmd"].split())
         assert cmd.startswith(f"python -m stages.{name} --params params.yaml"), cmd
-        deps = _declared(stage.get("deps"))
-        outs = _declared(stage.get("outs")) | _declared(stage.get("metrics"))
+        deps = declared_paths(stage.get("deps"))
+        outs = declared_paths(stage.get("outs")) | declared_paths(stage.get("metrics"))
         assert f"stages/{name}.py" in deps and "stages/lib/params.py" in deps, name
         assert not deps & outs, name
         for option, path in re.findall(r"(--[a-z-]+) (\S+)", cmd):
@@ -64,8 +51,8 @@ def test_dvc_yaml_declares_the_pipeline():
                 assert path in deps | outs, f"stage {name}: {option} {path} is not declared"
     assert stages["prepare"]["params"] == ["data"]
     assert sorted(stages["train"]["params"]) == ["model", "train"]
-    assert "reports/metrics.json" in _declared(dvc_yaml["metrics"])
-    assert {"reports/metrics.json"} == _declared(stages["evaluate"]["metrics"])
+    assert "reports/metrics.json" in declared_paths(dvc_yaml["metrics"])
+    assert {"reports/metrics.json"} == declared_paths(stages["evaluate"]["metrics"])
 
 
 def _module_file(name: str) -> Path | None:
@@ -130,79 +117,12 @@ def test_each_stage_declares_the_code_it_runs():
     for name, stage in dvc_yaml["stages"].items():
         entry_point = re.match(r"python -m (stages\.\w+)", " ".join(stage["cmd"].split())).group(1)
         used = _stage_code(entry_point)
-        declared = {path for path in _declared(stage.get("deps")) if path.startswith("stages/")}
+        declared = {path for path in declared_paths(stage.get("deps")) if path.startswith("stages/")}
         if used - declared:
             problems.append(f"stage {name}: its code uses {', '.join(sorted(used - declared))}, not in its deps")
         if declared - used:
             problems.append(f"stage {name}: deps list {', '.join(sorted(declared - used))}, which its code never uses")
     assert not problems, "dvc.yaml is out of step with the code:\n" + "\n".join(problems)
-
-
-def _project_files() -> list[str]:
-    """The repo's files as a fresh clone (plus uncommitted work) has them: tracked, and untracked but not ignored."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    return sorted(path for path in listed if path and (REPO / path).is_file())
-
-
-def _run(argv, cwd, timeout=DVC_TIMEOUT, check=True):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1"}
-    # the stages run as `python -m stages.<name>`: the python that runs the tests
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check:
-        assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-def _git(repo, *args):
-    return _run(
-        [
-            "git",
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-            *args,
-        ],
-        repo,
-        timeout=120,
-    )
-
-
-def tiny_repo(repo, mnist, message: str, **sections) -> None:
-    """A git repo at `repo` with the project's pipeline files (not its tests nor dvc.lock), `mnist` as
-    gzipped IDX files in data/raw, and params.yaml switched to them (idx source, verify off), each
-    `sections` mapping (data=..., model=..., train=...) updating that params section. Committed."""
-    files = _project_files()
-    assert ".dvc/config" in files and "dvc.yaml" in files and "params.yaml" in files
-    for path in files:
-        if path.startswith("tests/") or path == "dvc.lock":
-            continue  # the tests are not part of the pipeline; a stale lock would only be rewritten
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / path, repo / path)
-    raw = base_params()
-    raw["data"].update(source="idx", idx_dir="data/raw", verify=False)
-    for section, values in sections.items():
-        raw[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    write_idx(repo / "data" / "raw", mnist, compress=True)
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", message)
-    assert _git(repo, "status", "--porcelain").stdout == ""  # data/raw is ignored, nothing else left out
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +139,7 @@ def pipeline(tmp_path_factory):
         train=dict(epochs=2, batch_size=64),
     )
 
-    first = _run(["dvc", "repro"], repo)
+    first = run(["dvc", "repro"], repo)
     return repo, data, first.stdout + first.stderr
 
 
@@ -312,12 +232,12 @@ def test_export_report_and_saved_model(pipeline, tf):
 @pytest.mark.slow
 def test_second_repro_does_nothing_and_metrics_show(pipeline):
     repo, _, _ = pipeline
-    second = _run(["dvc", "repro"], repo)
+    second = run(["dvc", "repro"], repo)
     output = second.stdout + second.stderr
     assert "Running stage" not in output, output
     assert "up to date" in output or "didn't change" in output, output
 
-    shown = _run(["dvc", "metrics", "show"], repo).stdout
+    shown = run(["dvc", "metrics", "show"], repo).stdout
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert "reports/metrics.json" in shown
     assert re.search(rf"(?<![\d.]){re.escape(str(metrics['test']['accuracy']))}(?!\d)", shown), shown
@@ -328,9 +248,9 @@ def test_prepare_again_is_byte_identical(pipeline):
     """Forcing prepare to run again gives the same bytes, so nothing downstream is out of date."""
     repo, _, _ = pipeline
     before = (repo / "dvc.lock").read_text()
-    _run(["dvc", "repro", "--force", "--single-item", "prepare"], repo)
+    run(["dvc", "repro", "--force", "--single-item", "prepare"], repo)
     assert (repo / "dvc.lock").read_text() == before
-    status = _run(["dvc", "status"], repo).stdout
+    status = run(["dvc", "status"], repo).stdout
     assert "up to date" in status, status
 
 
@@ -343,8 +263,8 @@ def test_new_raw_data_makes_prepare_stale(pipeline):
     labels = (data.test_labels + 1) % 10  # same size, other labels
     try:
         path.write_bytes(gzip.compress(idx_bytes(labels, images=False)))
-        status = _run(["dvc", "status"], repo).stdout
+        status = run(["dvc", "status"], repo).stdout
         assert "prepare" in status and "data/raw" in status, status
     finally:
         path.write_bytes(original)
-    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    assert "up to date" in run(["dvc", "status"], repo).stdout

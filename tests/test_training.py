@@ -3,26 +3,16 @@ and n steps in one tf.function call equal n calls of one step."""
 
 import numpy as np
 import pytest
-from conftest import PLAIN_TRAIN, make_params, make_split
+from conftest import TINY_TRAIN, make_params, make_trainer, tiny_data
 
 from stages.lib import cli
 
 pytestmark = pytest.mark.usefixtures("tf")
 
-TINY = dict(
-    PLAIN_TRAIN,
-    model__hidden_units=[32],
-    train__epochs=3,
-    train__batch_size=32,
-    train__steps_per_call=4,
-)
-
 
 @pytest.fixture(scope="module")
 def data():
-    train_x, train_y = make_split(512, seed=0)
-    val_x, val_y = make_split(128, seed=5)
-    return (train_x.reshape(-1, 784), train_y), (val_x.reshape(-1, 784), val_y)
+    return tiny_data(512, 128)
 
 
 def _run(data, seed_everything=True, **overrides):
@@ -30,7 +20,7 @@ def _run(data, seed_everything=True, **overrides):
 
     from stages.lib import training
 
-    p = make_params(**{**TINY, **overrides})
+    p = make_params(**{**TINY_TRAIN, **overrides})
     if seed_everything:  # as stages/train.py does
         tf.keras.utils.set_random_seed(p.train.seed)
     records = []
@@ -122,16 +112,6 @@ def test_exploding_but_finite_loss_is_reported_as_divergence(data, optimizer):
         _run(data, train__learning_rate=1e6, train__optimizer=optimizer, train__jit_compile=False)
 
 
-def _trainer(data, p, batch_size=32):
-    from stages.lib import training
-    from stages.lib.model import MLP
-
-    train_x, train_y = data[0]
-    model = MLP(p.model.hidden_units, seed=p.train.seed)
-    dataset = training.batches(train_x, train_y, batch_size, p.train.seed)
-    return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, dataset)
-
-
 @pytest.mark.parametrize("jit_compile, atol", [(False, 1e-6), (True, 1e-5)], ids=["eager-graph", "xla"])
 def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
     """steps(n) in one call must do exactly what n calls of steps(1) do: same batches, same per-step
@@ -140,7 +120,7 @@ def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
 
     p = make_params(
         **{
-            **TINY,
+            **TINY_TRAIN,
             "train__jit_compile": jit_compile,
             "train__dropout_input": 0.1,
             "train__dropout_hidden": 0.2,
@@ -151,7 +131,7 @@ def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
         }
     )
     n = 6
-    together, apart = _trainer(data, p), _trainer(data, p)
+    together, apart = make_trainer(p, data[0], 32), make_trainer(p, data[0], 32)
     losses_together, correct_together = together.steps(tf.constant(n, tf.int32))
     losses_apart, correct_apart = [], 0
     for _ in range(n):
@@ -167,7 +147,7 @@ def test_multi_step_call_equals_single_steps(data, jit_compile, atol):
     if jit_compile:
         return  # each trainer costs an XLA compile: the split below is covered without it
     # a third trainer taking 3 + 3 steps lands on the same weights as well
-    third = _trainer(data, p)
+    third = make_trainer(p, data[0], 32)
     third.steps(tf.constant(3, tf.int32))
     third.steps(tf.constant(3, tf.int32))
     for a, b in zip(together.model.trainable_variables, third.model.trainable_variables):
@@ -226,7 +206,9 @@ def test_ema_is_the_moving_average_of_the_weights(data):
     import tensorflow as tf
 
     decay = 0.9
-    trainer = _trainer(data, make_params(**{**TINY, "train__jit_compile": False, "train__ema_decay": decay}))
+    trainer = make_trainer(
+        make_params(**{**TINY_TRAIN, "train__jit_compile": False, "train__ema_decay": decay}), data[0], 32
+    )
     weights = lambda module: [v.numpy() for v in module.trainable_variables]  # noqa: E731
     expected = weights(trainer.model)
     for a, w in zip(weights(trainer.average), expected):
@@ -262,7 +244,7 @@ def test_a_deskewing_model_trains_on_deskewed_images(data, jit_compile):
     from stages.lib.model import MLP
     from stages.lib.preprocessing import to_model_input
 
-    p = make_params(**{**TINY, "model__deskew": True, "train__jit_compile": jit_compile, "train__ema_decay": 0.9})
+    p = make_params(**{**TINY_TRAIN, "model__deskew": True, "train__jit_compile": jit_compile, "train__ema_decay": 0.9})
     train_x, train_y = data[0]
     model = MLP(p.model.hidden_units, seed=p.train.seed, deskew=True)
     dataset = training.batches(train_x, train_y, 32, p.train.seed)
