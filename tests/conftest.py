@@ -154,6 +154,15 @@ def make_trainer(p, train_data, batch_size: int | None = None, strategy=None):
         return training.Trainer(model, p.train, batch_size, len(train_y) // batch_size, dataset, *extra)
 
 
+def shuffled(data, seed: int = 1):
+    """`data` (a sources.Mnist) with the train and the test split each in another order."""
+    from stages.lib.sources import Mnist
+
+    rng = np.random.default_rng(seed)
+    p, q = rng.permutation(len(data.train_labels)), rng.permutation(len(data.test_labels))
+    return Mnist(data.train_images[p], data.train_labels[p], data.test_images[q], data.test_labels[q])
+
+
 # --- IDX files -----------------------------------------------------------------------------------
 
 IDX_NAMES = {
@@ -286,6 +295,34 @@ def tiny_repo(repo, mnist, message: str, **sections) -> None:
     assert git(repo, "status", "--porcelain").stdout == ""  # data/raw is ignored, nothing else left out
 
 
+# --- the prepare stage -----------------------------------------------------------------------------
+
+
+def data_params_file(path, **data_overrides) -> Path:
+    """A params file at `path`: base_params() with the given data.* keys changed."""
+    raw = base_params()
+    raw["data"].update(data_overrides)
+    Path(path).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return Path(path)
+
+
+def prepare_argv(params, out) -> list[str]:
+    """`python -m stages.prepare` writing only next to `out` (its samples picture too)."""
+    out = Path(out)
+    samples = out.parent / f"{out.name}-samples.png"
+    return [
+        sys.executable,
+        "-m",
+        "stages.prepare",
+        "--params",
+        str(params),
+        "--out",
+        str(out),
+        "--samples",
+        str(samples),
+    ]
+
+
 # --- fixtures ------------------------------------------------------------------------------------
 
 
@@ -315,3 +352,17 @@ def deterministic_ops(tf):
     tf.config.experimental.enable_op_determinism()
     yield
     tf_config.disable_op_determinism()
+
+
+@pytest.fixture(scope="session")
+def full_mnist_idx(tmp_path_factory):
+    """The real MNIST (from the bundled copy) as IDX folders: plain, gzipped, and shuffled (slow tests)."""
+    from stages.lib import sources
+
+    data = sources.load_bundled()
+    root = tmp_path_factory.mktemp("mnist-idx")
+    return data, {
+        "plain": write_idx(root / "plain", data),
+        "gz": write_idx(root / "gz", data, compress=True),
+        "shuffled": write_idx(root / "shuffled", shuffled(data, seed=2024)),
+    }

@@ -7,13 +7,15 @@ Fast (default):
   1. bad params files, each run through the four stages as real subprocesses (they fail before
      TensorFlow is imported; a stand-in `tensorflow` package that refuses to import proves it);
   2. missing or damaged inputs of every stage, run in-process through `cli.run` (what
-     `python -m stages.<name>` runs), with fd-level capture so TensorFlow's own stderr counts too;
+     `python -m stages.<name>` runs), with fd-level capture so TensorFlow's own stderr counts too,
+     and a truncated IDX file as a real `python -m stages.prepare`;
   4a. atomic.output_path killed (SIGKILL) at every step of writing and renaming.
 Slow (`python -m pytest -m slow tests/test_faults.py`):
   2b. a few damaged inputs again as real `python -m stages.<name>` subprocesses;
   3. a diverging `python -m stages.train`;
   4b. prepare, train and export killed with SIGKILL at fixed times and while writing;
-  5. `dvc repro` then `dvc repro --force` in a copy of the repo: identical hashes.
+  5. `dvc repro` then `dvc repro --force` in a copy of the repo: identical hashes;
+  6. prepare with data.source tfds and no network: a quick one-line error.
 Serving's refusal of wrong dtypes and shapes is tested in test_serving.py.
 """
 
@@ -36,16 +38,20 @@ from conftest import (
     PLAIN_TRAIN,
     REPO,
     base_params,
+    data_params_file,
     declared_paths,
+    idx_files,
     lock_outs,
     make_mnist,
     names_key,
+    prepare_argv,
     run,
     sha256,
     tiny_repo,
     tree_bytes,
     with_overrides,
     write_idx,
+    write_idx_files,
 )
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 600, 200, 100, 200
@@ -554,6 +560,32 @@ def test_prepare_without_idx_files_names_the_folder(tmp_path):
     assert _changes(before, _snapshot(root)) == []
 
 
+def test_prepare_subprocess_with_truncated_idx_fails_cleanly(tmp_path):
+    """The stage: exit code != 0, exactly one stderr line `error: <file>: ...`, no output folder."""
+    data = make_mnist(60, 20)
+    blobs = idx_files(data)
+    blobs["train_images"] = blobs["train_images"][:-1000]
+    raw = write_idx_files(tmp_path / "raw", blobs)
+    out = tmp_path / "prepared"
+    start = time.perf_counter()
+    result = run(
+        prepare_argv(data_params_file(tmp_path / "params.yaml", source="idx", idx_dir=str(raw)), out),
+        REPO,
+        timeout=120,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == (
+        f"error: {raw / 'train-images-idx3-ubyte'}: expected {60 * 784} bytes of pixels, "
+        f"found {60 * 784 - 1000} (truncated?)"
+    )
+    assert not out.exists() and not any(p.name.startswith((".tmp-", ".old-")) for p in tmp_path.iterdir())
+    assert elapsed < 30, f"a bad input should fail before TensorFlow is imported ({elapsed:.1f} s)"
+
+
 SUBPROCESS_INPUT_CASES = [
     ("train", "shard-flipped-byte"),
     ("evaluate", "data-truncated"),
@@ -877,3 +909,19 @@ def test_repro_force_gives_identical_hashes(tmp_path):
     print(
         f"\noutputs whose dvc.lock hash changed under --force: {changed}; files differing in {SAVED_MODEL}: {differing}"
     )
+
+
+@pytest.mark.slow
+def test_prepare_subprocess_tfds_offline_fails_fast(tmp_path):
+    """The stage with data.source tfds, nothing prepared and no network: a quick one-line error."""
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # nothing listens
+    out = tmp_path / "prepared"
+    params = data_params_file(tmp_path / "params.yaml", source="tfds", tfds_data_dir=str(tmp_path / "tfds"))
+    start = time.perf_counter()
+    result = subprocess.run(prepare_argv(params, out), cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("error: data.source is tfds but the TFDS download server")
+    assert "data.source: bundled" in result.stderr and "data.source: idx" in result.stderr
+    assert not out.exists()
+    assert elapsed < 60, elapsed  # TensorFlow + TFDS imports; not TFDS's ~3.5 minutes of retries

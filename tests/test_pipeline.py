@@ -1,5 +1,6 @@
-"""The pipeline: dvc.yaml's declarations (fast), then end to end: `dvc repro` in a fresh git repo
-copied from this one, on small synthetic IDX data (slow, about 1.5 minutes: `python -m pytest -m slow`).
+"""The pipeline: dvc.yaml's declarations and the code each stage runs (fast); the prepare stage on data that is
+not MNIST (fast) and on every source (slow: byte-identical output); then end to end: `dvc repro` in a fresh
+git repo copied from this one, on small synthetic IDX data (slow: `python -m pytest -m slow`).
 """
 
 import ast
@@ -12,7 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, declared_paths, idx_bytes, make_mnist, run, tiny_repo
+from conftest import (
+    REPO,
+    data_params_file,
+    declared_paths,
+    idx_bytes,
+    make_mnist,
+    prepare_argv,
+    run,
+    sha256,
+    tiny_repo,
+    write_idx,
+)
+
+from stages.lib import cli, mnist_facts
 
 N_TRAIN, N_TEST, VAL_SIZE, SHARD_SIZE = 1200, 300, 200, 500
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,6 +137,23 @@ def test_each_stage_declares_the_code_it_runs():
         if declared - used:
             problems.append(f"stage {name}: deps list {', '.join(sorted(declared - used))}, which its code never uses")
     assert not problems, "dvc.yaml is out of step with the code:\n" + "\n".join(problems)
+
+
+def test_prepare_accepts_non_mnist_only_with_verify_false(tmp_path, capsys, tf):
+    from stages import prepare
+
+    raw = write_idx(tmp_path / "raw", make_mnist(200, 50), compress=True)
+    common = dict(source="idx", idx_dir=str(raw), val_size=50, shard_size=64)
+    out = tmp_path / "prepared"
+    with pytest.raises(cli.UserError, match=r"data\.verify: false"):
+        prepare.main(prepare_argv(data_params_file(tmp_path / "strict.yaml", **common), out)[3:])
+    assert not out.exists()
+
+    prepare.main(prepare_argv(data_params_file(tmp_path / "loose.yaml", verify=False, **common), out)[3:])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["verified_mnist"] is False and meta["source"] == "idx"
+    assert {name: entry["count"] for name, entry in meta["splits"].items()} == {"train": 150, "val": 50, "test": 50}
+    assert "not verified" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +299,45 @@ def test_new_raw_data_makes_prepare_stale(pipeline):
     finally:
         path.write_bytes(original)
     assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+@pytest.mark.slow
+def test_prepare_is_byte_identical_for_every_source(full_mnist_idx, tmp_path):
+    """`python -m stages.prepare` with data.source bundled, and idx (plain, .gz, shuffled order):
+    every shard has the same sha256, and meta.json is the same apart from `source`."""
+    _, folders = full_mnist_idx
+    runs = {"bundled": data_params_file(tmp_path / "bundled.yaml", source="bundled")}
+    runs.update(
+        {name: data_params_file(tmp_path / f"{name}.yaml", source="idx", idx_dir=str(f)) for name, f in folders.items()}
+    )
+    metas, shards = {}, {}
+    for name, params in runs.items():
+        out = tmp_path / f"out-{name}"
+        result = run(prepare_argv(params, out), REPO, check=False)
+        assert result.returncode == 0, result.stderr
+        metas[name] = json.loads((out / "meta.json").read_text())
+        shards[name] = {p.name: sha256(p) for p in sorted(out.glob("*.tfrecord*"))}
+        assert shards[name] == {s["file"]: s["sha256"] for e in metas[name]["splits"].values() for s in e["shards"]}
+        assert metas[name]["fingerprint"] == mnist_facts.MNIST_FINGERPRINT
+    assert len(shards["bundled"]) == 7
+    for name in folders:
+        if shards[name] != shards["bundled"]:
+            pytest.fail(_explain_shard_difference(tmp_path / "out-bundled", tmp_path / f"out-{name}", name))
+        assert {**metas[name], "source": None} == {**metas["bundled"], "source": None}
+
+
+def _explain_shard_difference(a: Path, b: Path, name: str) -> str:
+    """Tell apart different examples (a data-source bug) from the same examples encoded differently."""
+    from stages.lib import records
+
+    same_examples = all(
+        all(np.array_equal(x, y) for x, y in zip(records.read_split(a, s), records.read_split(b, s)))
+        for s in ("train", "val", "test")
+    )
+    if same_examples:
+        return (
+            f"bundled and {name}: the same examples in the same order, but the shard bytes differ: "
+            "records.serialize() is not deterministic (protobuf map order of the Example's features varies "
+            "between processes); it should call SerializeToString(deterministic=True)"
+        )
+    return f"bundled and {name}: the prepared examples differ"
