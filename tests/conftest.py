@@ -163,6 +163,20 @@ def shuffled(data, seed: int = 1):
     return Mnist(data.train_images[p], data.train_labels[p], data.test_images[q], data.test_labels[q])
 
 
+def drawing(size=(360, 240), paper=255, ink=0, width=14, scale=1.0, speck=False):
+    """A hand-drawn 4 (a PIL image), off-centre on a wide canvas: dark ink on white paper unless told otherwise."""
+    from PIL import Image, ImageDraw
+
+    s = scale
+    image = Image.new("L", (round(size[0] * s), round(size[1] * s)), paper)
+    draw = ImageDraw.Draw(image)
+    draw.line([(150 * s, 40 * s), (110 * s, 150 * s), (200 * s, 150 * s)], fill=ink, width=width, joint="curve")
+    draw.line([(180 * s, 90 * s), (180 * s, 210 * s)], fill=ink, width=width)
+    if speck:  # a speck of dust far from the digit
+        draw.rectangle([330 * s, 10 * s, 330 * s + 3, 10 * s + 3], fill=ink)
+    return image
+
+
 # --- IDX files -----------------------------------------------------------------------------------
 
 IDX_NAMES = {

@@ -1,33 +1,14 @@
-"""predict: users' own pictures -> MNIST-style 28x28 (to_mnist), and the command around it."""
+"""digit_image: users' own pictures -> MNIST-style 28x28 (to_mnist), made the way MNIST was."""
 
 import io
-import json
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from conftest import drawing
+from PIL import Image
 
 from stages.lib import cli
 from stages.lib.digit_image import stroke_width, to_mnist
-from stages.predict import report_lines
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def drawing(size=(360, 240), paper=255, ink=0, width=14, scale=1.0, speck=False) -> Image.Image:
-    """A hand-drawn 4, off-centre on a wide canvas: dark ink on white paper unless told otherwise."""
-    s = scale
-    image = Image.new("L", (round(size[0] * s), round(size[1] * s)), paper)
-    draw = ImageDraw.Draw(image)
-    draw.line([(150 * s, 40 * s), (110 * s, 150 * s), (200 * s, 150 * s)], fill=ink, width=width, joint="curve")
-    draw.line([(180 * s, 90 * s), (180 * s, 210 * s)], fill=ink, width=width)
-    if speck:  # a speck of dust far from the digit
-        draw.rectangle([330 * s, 10 * s, 330 * s + 3, 10 * s + 3], fill=ink)
-    return image
 
 
 def centre_of_mass(a: np.ndarray) -> tuple[float, float]:
@@ -129,61 +110,3 @@ def test_an_mnist_digit_comes_back_nearly_unchanged():
 def test_a_blank_picture_is_an_error(picture):
     with pytest.raises(cli.UserError, match="blank"):
         to_mnist(picture)
-
-
-# --- output lines ---------------------------------------------------------------------------------
-
-
-def test_report_lines_name_the_digit_and_the_runner_up_or_give_json():
-    probs = np.array([[0.01, 0.011, 0, 0, 0, 0, 0, 0.979, 0, 0]], np.float32)
-    assert report_lines(["a.png"], probs, as_json=False) == ["a.png: 7 (97.9%), runner-up 1 (1.1%)"]
-    line = json.loads(report_lines(["a.png"], probs, as_json=True)[0])
-    assert line["path"] == "a.png" and line["class_id"] == 7 and line["probability"] == pytest.approx(0.979)
-    assert [d for d, _ in line["top3"]] == [7, 1, 0]
-
-
-# --- the command ----------------------------------------------------------------------------------
-
-
-def predict(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "stages.predict", *map(str, args)], cwd=REPO, capture_output=True, text=True
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_saved_model(tmp_path_factory):
-    tf = cli.import_tensorflow()
-    from stages.lib.model import MLP
-    from stages.lib.serving import ServingModule
-
-    folder = tmp_path_factory.mktemp("model") / "saved_model"
-    module = ServingModule(MLP([16], seed=0))
-    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
-    return folder
-
-
-def test_predict_classifies_the_good_pictures_and_reports_each_bad_one_in_one_line(tiny_saved_model, tmp_path):
-    good, missing, not_image = tmp_path / "good.png", tmp_path / "missing.png", tmp_path / "notimage.txt"
-    drawing().save(good)
-    not_image.write_text("not a picture\n")
-    done = predict(tiny_saved_model, good, missing, not_image, "--json")
-    assert done.returncode == 1
-    [line] = done.stdout.splitlines()
-    result = json.loads(line)
-    assert set(result) == {"path", "class_id", "probability", "top3"}
-    assert result["path"] == str(good) and 0 <= result["class_id"] <= 9 and 0 < result["probability"] <= 1
-    assert len(result["top3"]) == 3 and result["top3"][0] == [result["class_id"], result["probability"]]
-    assert [p for _, p in result["top3"]] == sorted((p for _, p in result["top3"]), reverse=True)
-    assert "Traceback" not in done.stderr
-    errors = [e for e in done.stderr.splitlines() if e.startswith("error:")]
-    assert errors[0] == f"error: {missing}: not found"
-    assert re.fullmatch(rf"error: {re.escape(str(not_image))}: not an image \(.+\)", errors[1])
-    assert len(errors) == 2
-
-
-def test_predict_without_a_saved_model_says_how_to_make_one(tmp_path):
-    drawing().save(tmp_path / "good.png")
-    done = predict(tmp_path / "nowhere", tmp_path / "good.png")
-    assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"error: {tmp_path / 'nowhere'}: not found; run `dvc repro export`"]
