@@ -233,6 +233,11 @@ def tree_bytes(root, rel: str = ".") -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file()}
 
 
+def leftovers(root) -> list[str]:
+    """What atomic writes leave only when killed: .tmp-* and .old-* entries under root (relative paths)."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.name.startswith((".tmp-", ".old-")))
+
+
 def declared_paths(entries) -> set[str]:
     """Paths of a dvc.yaml deps/outs/metrics list, whose entries are strings or {path: options}."""
     paths = set()

@@ -4,12 +4,9 @@
 import json
 
 import pytest
+from conftest import leftovers
 
 from stages.lib import atomic
-
-
-def _leftovers(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith((".tmp-", ".old-")))
 
 
 def test_a_file_appears_only_when_complete(tmp_path):
@@ -18,7 +15,7 @@ def test_a_file_appears_only_when_complete(tmp_path):
         assert tmp.parent == final.parent and tmp.name == ".tmp-metrics.json"
         tmp.write_text("partial")
         assert not final.exists()
-    assert final.read_text() == "partial" and _leftovers(final.parent) == []
+    assert final.read_text() == "partial" and leftovers(final.parent) == []
 
 
 def test_a_folder_replaces_the_previous_one_whole(tmp_path):
@@ -30,7 +27,7 @@ def test_a_folder_replaces_the_previous_one_whole(tmp_path):
         (tmp / "new.pb").write_text("new")
         assert [p.name for p in final.iterdir()] == ["old.pb"]  # untouched while writing
     assert [p.name for p in final.iterdir()] == ["new.pb"]  # replaced, not merged
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("is_dir", [False, True], ids=["file", "folder"])
@@ -45,7 +42,7 @@ def test_an_error_while_writing_keeps_the_previous_output(tmp_path, is_dir):
         (tmp / "half" if is_dir else tmp).write_text("half written")
         raise RuntimeError("stage failed")
     assert (final / "kept" if is_dir else final).read_text() == "previous"
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_the_next_run_removes_what_a_killed_run_left(tmp_path):
@@ -54,7 +51,7 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path):
     (tmp_path / ".old-model").write_text("retired")
     with atomic.output_path(tmp_path / "model", is_dir=True) as tmp:
         (tmp / "weights").write_text("w")
-    assert _leftovers(tmp_path) == [] and [p.name for p in (tmp_path / "model").iterdir()] == ["weights"]
+    assert leftovers(tmp_path) == [] and [p.name for p in (tmp_path / "model").iterdir()] == ["weights"]
 
 
 def test_write_json_and_write_text(tmp_path):
@@ -62,4 +59,4 @@ def test_write_json_and_write_text(tmp_path):
     text = (tmp_path / "a.json").read_text()
     assert json.loads(text) == {"b": 1, "a": [0.5]} and text.endswith("\n") and text.index('"b"') < text.index('"a"')
     atomic.write_text(tmp_path / "a.json", "replaced")
-    assert (tmp_path / "a.json").read_text() == "replaced" and _leftovers(tmp_path) == []
+    assert (tmp_path / "a.json").read_text() == "replaced" and leftovers(tmp_path) == []

@@ -41,6 +41,7 @@ from conftest import (
     data_params_file,
     declared_paths,
     idx_files,
+    leftovers,
     lock_outs,
     make_mnist,
     names_key,
@@ -133,10 +134,6 @@ def _fake_previous(path: Path) -> None:
     else:
         path.mkdir(parents=True, exist_ok=True)
         (path / "previous.bin").write_bytes(b"previous\x00\xff")
-
-
-def _leftovers(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith((".tmp-", ".old-")))
 
 
 def _output_state(path: Path):
@@ -290,6 +287,7 @@ BAD_PARAMS = [
     ("typo-section", {"modle": {"hidden_units": [8]}}, "modle", "did you mean model?"),
     ("unknown-key", {"model.activation": "tanh"}, "model.activation", "unknown key"),
     ("missing-key", {"train.seed": DELETE}, "train.seed", "missing key"),
+    ("seed-float", {"train.seed": 0.5}, "train.seed", "integer"),
     ("missing-section", {"data": DELETE}, "data", "missing key"),
     ("val-size-negative", {"data.val_size": -5}, "data.val_size", "greater than or equal to 1"),
     ("compression-lzma", {"data.compression": "lzma"}, "data.compression", "'none' or 'gzip'"),
@@ -637,7 +635,7 @@ def test_divergent_run_writes_no_checkpoint(repo, hidden_units, previous):
     assert _changes(before, _snapshot(repo, folder_mtimes=False)) == []
     if not previous:
         assert not (repo / CHECKPOINT).exists()
-    assert _leftovers(repo) == []
+    assert leftovers(repo) == []
 
 
 # === 4a. atomic.output_path killed at every step ======================================================
@@ -742,7 +740,7 @@ def test_atomic_output_killed_at_every_step(tmp_path, kind, previous, point, exp
     new = _output_state(final)
     assert new != old and new is not None
     assert after_kill == {"previous": old, "absent": None, "new": new}[expected]
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 # === 4b. the stages killed with SIGKILL ================================================================
@@ -814,7 +812,7 @@ def _kill_then_rerun(stage: str, root: Path, params_path: Path, moments: list) -
     done = _run_stage(stage, argv, root)
     assert done.returncode == 0, f"{stage} after the kills: {done.stdout}\n{done.stderr}"
     assert done.stderr.strip() == "", done.stderr
-    assert _leftovers(root) == [], "a rerun must remove what killed runs left behind"
+    assert leftovers(root) == [], "a rerun must remove what killed runs left behind"
     final = {path: _output_state(root / path) for path in outputs}
     for path in outputs:
         assert final[path] != previous[path], f"{path}: the test needs a previous version that differs"
