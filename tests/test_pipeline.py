@@ -139,6 +139,31 @@ def test_each_stage_declares_the_code_it_runs():
     assert not problems, "dvc.yaml is out of step with the code:\n" + "\n".join(problems)
 
 
+def test_every_library_module_has_its_test_file_and_tests_share_helpers_only_through_conftest():
+    """Fast: tests/test_<module>.py for each stages/lib module; no test module imports another; no helper
+    (top-level function or class) is defined in two files of tests/."""
+    tests = REPO / "tests"
+    modules = sorted(p.stem for p in (REPO / "stages" / "lib").glob("*.py") if p.stem != "__init__")
+    missing = [f"tests/test_{m}.py" for m in modules if not (tests / f"test_{m}.py").is_file()]
+    assert not missing, f"library modules without their test file: {missing}"
+    defined, imports = {}, []
+    for path in sorted(tests.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            imports += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("test_"):
+                defined.setdefault(node.name, []).append(path.name)
+    assert not imports, imports
+    twice = {name: files for name, files in defined.items() if len(files) > 1}
+    assert not twice, f"helpers defined in more than one file (put them in conftest.py): {twice}"
+
+
 def test_prepare_accepts_non_mnist_only_with_verify_false(tmp_path, capsys, tf):
     from stages import prepare
 
