@@ -21,9 +21,9 @@ SIGNATURE = "serving_default(images: uint8[None, 28, 28]) -> {probabilities: flo
 
 def evaluated_test_accuracy(metrics_path: str) -> float:
     try:
-        return float(json.loads(Path(metrics_path).read_text())["test"]["accuracy"])
-    except FileNotFoundError:
-        raise cli.UserError(f"{metrics_path}: not found; run `dvc repro evaluate` first") from None
+        return float(
+            json.loads(cli.read_regular(metrics_path, 1 << 20, "run `dvc repro evaluate` first"))["test"]["accuracy"]
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise cli.UserError(f"{metrics_path}: unreadable ({exc}); rerun `dvc repro evaluate`") from None
 

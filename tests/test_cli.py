@@ -23,3 +23,84 @@ def test_configure_xla_adds_our_flags_once(monkeypatch, before, after):
     cli.configure_xla()
     cli.configure_xla()
     assert os.environ["XLA_FLAGS"] == after
+
+
+# --- hostile paths and the machine's errors (issue 14) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("fifo", "a FIFO (named pipe), not a regular file"),
+        ("directory", "a directory, not a regular file"),
+        ("dev-zero", "a character device, not a regular file"),
+        ("socket", "a socket, not a regular file"),
+        ("loop", "a symbolic link loop, not a regular file"),
+        ("broken", "a broken symbolic link (to nowhere), not a regular file"),
+        ("missing", "not found"),
+    ],
+)
+def test_only_a_regular_file_is_opened_and_the_others_are_named(tmp_path, kind, words):
+    import socket
+
+    path = tmp_path / "input"
+    keep = {
+        "fifo": lambda: os.mkfifo(path),
+        "directory": lambda: path.mkdir(),
+        "dev-zero": lambda: path.symlink_to("/dev/zero"),
+        "socket": lambda: socket.socket(socket.AF_UNIX).bind(str(path)),
+        "loop": lambda: path.symlink_to(path.name),
+        "broken": lambda: path.symlink_to("nowhere"),
+        "missing": lambda: None,
+    }[kind]()
+    with pytest.raises(cli.UserError) as caught:
+        cli.read_regular(path, 100, "put the file there")
+    assert str(caught.value) == f"{path}: {words}; put the file there"
+    del keep
+
+
+def test_a_link_to_a_regular_file_is_read(tmp_path):
+    (tmp_path / "real").write_bytes(b"data")
+    (tmp_path / "link").symlink_to("real")  # DVC's symlink cache type
+    assert cli.read_regular(tmp_path / "link", 100) == b"data"
+
+
+def test_a_file_larger_than_its_limit_is_not_read(tmp_path):
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(cli.UserError, match=rf"{path}: 1073741824 bytes, too large \(at most 1000\)"):
+        cli.read_regular(path, 1000)
+
+
+def _run_raising(exc, capsys) -> tuple[int, str]:
+    def main(argv):
+        raise exc
+
+    with pytest.raises(SystemExit) as exited:
+        cli.run(main, [])
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "exc, line",
+    [
+        (OSError(28, "No space left on device", "r/x.json"), "error: r/x.json: No space left on device; free"),
+        (OSError(30, "Read-only file system", "reports"), "error: reports: Read-only file system; the output folder"),
+        (
+            PermissionError(13, "Permission denied", "a", None, "b"),
+            "error: a -> b: Permission denied; check the permissions",
+        ),
+        (MemoryError(), "error: out of memory; use a smaller model.hidden_units"),
+    ],
+    ids=["no-space", "read-only", "permission", "memory"],
+)
+def test_run_turns_the_machines_errors_into_one_line(capsys, exc, line):
+    code, err = _run_raising(exc, capsys)
+    assert code == cli.EXIT_FAILURE == 1
+    assert err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_run_lets_a_bug_be_a_traceback(capsys):
+    with pytest.raises(ZeroDivisionError):
+        cli.run(lambda argv: 1 / 0, [])

@@ -19,12 +19,19 @@ Slow (`python -m pytest -m slow tests/test_faults.py`):
 Serving's refusal of wrong dtypes and shapes is tested in test_serving.py.
 """
 
+import contextlib
+import errno
+import glob
+import gzip
 import importlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -747,11 +754,14 @@ def test_atomic_output_killed_at_every_step(tmp_path, kind, previous, point, exp
 
 
 def _tmp_sibling(relative: str) -> str:
+    """A glob of the writer's temporary copy: `.tmp-<pid>-<random>-<name>` (atomic.py)."""
     path = Path(relative)
-    return str(path.parent / f".tmp-{path.name}")
+    return str(path.parent / f".tmp-[0-9]*-{path.name}")
 
 
 def _created_since(path: Path, mtime_ns: int) -> bool:
+    if glob.has_magic(str(path)):
+        return any(_created_since(Path(match), mtime_ns) for match in glob.glob(str(path)))
     try:
         return os.lstat(path).st_mtime_ns != mtime_ns
     except FileNotFoundError:
@@ -923,3 +933,691 @@ def test_prepare_subprocess_tfds_offline_fails_fast(tmp_path):
     assert "data.source: bundled" in result.stderr and "data.source: idx" in result.stderr
     assert not out.exists()
     assert elapsed < 60, elapsed  # TensorFlow + TFDS imports; not TFDS's ~3.5 minutes of retries
+
+
+# === 6. hostile inputs (issue 14) ======================================================================
+# Small inputs that declare huge sizes, paths that are not regular files, data files naming paths
+# outside their folder, two writers at once, and the operating system's own errors. Each ends in one
+# `error:` line with the documented exit code within CASE_SECONDS, with peak RSS under CASE_RSS_BYTES
+# (measured in the stage's own process: ru_maxrss, not an address-space limit), nothing written.
+
+CASE_SECONDS = 10  # after TensorFlow's import (4-5 s, more on a busy machine) for stages that need it
+CASE_RSS_BYTES = 1.5e9
+_IMPORT_ALLOWANCE = 120  # seconds for `import tensorflow` on a busy machine, before a case's clock starts
+
+_MEASURED = textwrap.dedent(
+    """
+    import importlib, json, sys, time
+    start = time.monotonic()
+    from stages.lib import cli
+    report, stage, preload, *argv = sys.argv[1:]
+    if preload == "tf":
+        cli.import_tensorflow()
+        start = time.monotonic()  # the case's clock: after the import every TensorFlow stage pays
+    module = importlib.import_module(f"stages.{stage}")
+    code = 0
+    try:
+        cli.run(module.main, argv)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        with open(report, "w") as f:
+            json.dump({"seconds": time.monotonic() - start}, f)
+    sys.exit(code)
+    """
+)
+
+
+# Peak RSS is read by a small parent of the stage (RUSAGE_CHILDREN): a child forked straight from
+# pytest, which holds TensorFlow, would inherit pytest's high-water mark across exec.
+_PEAK_OF_CHILD = textwrap.dedent(
+    """
+    import json, resource, subprocess, sys
+    code = subprocess.call(sys.argv[2:])
+    with open(sys.argv[1], "w") as f:
+        json.dump({"max_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}, f)
+    sys.exit(code)
+    """
+)
+
+
+def _measured_run(stage: str, argv: list[str], cwd: Path, report: Path, tensorflow: bool = False, env_path=()):
+    """Run the stage in a fresh process; fail if it outlasts CASE_SECONDS or peaks above CASE_RSS_BYTES."""
+    timeout = CASE_SECONDS + (_IMPORT_ALLOWANCE if tensorflow else 0)
+    command = [sys.executable, "-c", _PEAK_OF_CHILD, f"{report}.rss"]
+    command += [sys.executable, "-c", _MEASURED, str(report), stage, "tf" if tensorflow else "-", *argv]
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(*env_path),
+        start_new_session=True,  # so a hanging stage can be killed with its wrapper
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{stage} still running after {timeout} s: a hang")
+    done = subprocess.CompletedProcess(command, proc.returncode, out, err)
+    measured = {**json.loads(report.read_text()), **json.loads(Path(f"{report}.rss").read_text())}
+    report.unlink()
+    Path(f"{report}.rss").unlink()
+    print(f"{stage}: {measured['seconds']:.2f} s, peak RSS {measured['max_rss_bytes'] / 1e6:.0f} MB")
+    print(done.stderr.strip()[-500:])
+    assert measured["seconds"] < CASE_SECONDS, (measured, done.stderr[-2000:])
+    assert measured["max_rss_bytes"] < CASE_RSS_BYTES, (measured, done.stderr[-2000:])
+    return done
+
+
+def _walk_snapshot(root: Path) -> dict:
+    """Like _snapshot, but never opens what is not a regular file (a FIFO would block, /dev/zero never ends)."""
+    state = {}
+    for folder, dirs, files in os.walk(root):  # does not follow links to folders
+        for name in dirs + files:
+            path = Path(folder) / name
+            key, info = str(path.relative_to(root)), os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                state[key] = (sha256(path), info.st_mtime_ns)
+            elif stat.S_ISLNK(info.st_mode):
+                state[key] = ("link", os.readlink(path), info.st_mtime_ns)
+            else:  # a folder (its mtime changes as temporary copies come and go), a FIFO, a socket
+                state[key] = (stat.S_IFMT(info.st_mode), None if name in dirs else info.st_mtime_ns)
+    return state
+
+
+def _fifo(path: Path) -> Path:
+    _remove(path) if os.path.lexists(path) else None
+    os.mkfifo(path)
+    return path
+
+
+def _socket(path: Path):
+    """A UNIX socket bound at `path` (kept open by the returned object)."""
+    _remove(path) if os.path.lexists(path) else None
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    return sock
+
+
+def _link(path: Path, target) -> Path:
+    _remove(path) if os.path.lexists(path) else None
+    os.symlink(target, path)
+    return path
+
+
+def _directory(path: Path) -> Path:
+    _remove(path) if os.path.lexists(path) else None
+    path.mkdir()
+    (path / "inside").write_text("a file in a folder\n")
+    return path
+
+
+def _sparse(path: Path, size: int = 200 << 20) -> Path:
+    """A file of `size` bytes that takes no disk space (all zeros)."""
+    _remove(path) if os.path.lexists(path) else None
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+# Special files in place of a regular one: (id, make(path) -> keep-alive object, words the line must contain)
+NOT_REGULAR = [
+    ("fifo", _fifo, "a FIFO"),
+    ("directory", _directory, "a directory"),
+    ("dev-zero", lambda path: _link(path, "/dev/zero"), "a character device"),
+    ("socket", _socket, "a socket"),
+    ("link-loop", lambda path: _link(path, path.name), "a symbolic link loop"),
+    ("broken-link", lambda path: _link(path, "nowhere"), "a broken symbolic link"),
+]
+
+
+# --- 6a. params.yaml --------------------------------------------------------------------------------
+
+_BOMB_LEVELS = 9  # 9**9 = 387 million strings once expanded; the file is under 1 KB
+
+
+def _alias_bomb_params() -> str:
+    """params.yaml whose train.epochs is a list of nested aliases: ~387M elements once expanded."""
+    anchors = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    anchors += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, _BOMB_LEVELS)]
+    text = yaml.safe_dump(base_params(), sort_keys=False)
+    bomb, count = re.subn(r"(?m)^(  epochs: ).*$", lambda m: m[1] + "[" + ", ".join(anchors) + "]", text)
+    assert count == 1
+    return bomb
+
+
+def _params_text(overrides: dict) -> str:
+    return yaml.safe_dump(with_overrides(base_params(), overrides), sort_keys=False)
+
+
+def _duplicate_key_params() -> str:
+    text = _params_text({})
+    patched, count = re.subn(r"(?m)^(  epochs: .*)$", r"\1\n  epochs: 3", text)
+    assert count == 1
+    return patched
+
+
+# (id, what params.yaml is: text, or a NOT_REGULAR maker; fragment the line must contain)
+HOSTILE_PARAMS = [
+    ("alias-bomb", _alias_bomb_params(), "YAML aliases"),
+    ("duplicate-key", _duplicate_key_params(), "duplicate key 'epochs'"),
+    ("seed-2-32", _params_text({"train.seed": 2**32}), "train.seed"),
+    ("data-seed-2-64", _params_text({"data.seed": 2**64}), "data.seed"),
+    ("model-too-big", _params_text({"model.hidden_units": [65_536] * 3}), "budget"),
+    ("too-deep", _params_text({"model.hidden_units": [8] * 5000}), "model.hidden_units"),
+    ("long-value", _params_text({"train.optimizer": "x" * 200_000}), "train.optimizer"),
+    *[(f"params-{name}", make, words) for name, make, words in NOT_REGULAR],
+]
+
+
+@pytest.mark.parametrize("content, fragment", [c[1:] for c in HOSTILE_PARAMS], ids=[c[0] for c in HOSTILE_PARAMS])
+def test_hostile_params_exit_2_fast_and_small(tmp_path, content, fragment):
+    root = tmp_path / "repo"
+    for stage in ("prepare", "train"):
+        for option, value in _stage_options(stage):
+            if option != "--params" and not (root / value).exists():
+                _fake_previous(root / value)
+    params_path = tmp_path / "params.yaml"
+    keep = content(params_path) if callable(content) else params_path.write_text(content)
+    blocker = tmp_path / "no-tensorflow" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(_NO_TENSORFLOW)
+    _age(root)
+    before = _walk_snapshot(root)
+    for stage in ("prepare", "train"):
+        done = _measured_run(
+            stage, _stage_argv(stage, root, params_path), root, tmp_path / "measure.json", env_path=[blocker.parent]
+        )
+        assert done.returncode == 2, f"{stage}: {done.returncode}\n{done.stderr[-3000:]}"
+        line = _one_error_line(done.stderr)
+        assert line.startswith(f"error: {params_path}: ") and fragment in line, line
+        assert len(line) < 400, f"the message must quote a shortened value: {len(line)} characters"
+        assert done.stdout == ""
+    assert _changes(before, _walk_snapshot(root)) == []
+    del keep
+
+
+# --- 6b. IDX files ------------------------------------------------------------------------------------
+
+
+def _idx_header(count: int, images: bool = True) -> bytes:
+    magic = 0x00000803 if images else 0x00000801
+    dims = [count, 28, 28] if images else [count]
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+
+
+def _gzip_bomb(path: Path, count: int, expanded: int = 8 << 30) -> Path:
+    """A .gz of a few MB whose stream is the IDX header of `count` images, then `expanded` zero bytes
+    (one compressed member of 16 MB of zeros, repeated: gzip readers read all members as one stream)."""
+    member = gzip.compress(bytes(16 << 20), compresslevel=9, mtime=0)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(_idx_header(count), mtime=0))
+        for _ in range(expanded // (16 << 20)):
+            f.write(member)
+    return path
+
+
+def _in_place_of(name: str, make):
+    """A damage of data/raw: remove the IDX file `name` (plain and .gz), then make(path) where it was."""
+
+    def damage(raw: Path):
+        for path in (raw / name.removesuffix(".gz"), raw / (name.removesuffix(".gz") + ".gz")):
+            if path.exists():
+                path.unlink()
+        return raw / name, make(raw / name)
+
+    return damage
+
+
+_IMAGES, _LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+HOSTILE_IDX = [
+    ("gzip-bomb-8GB", _in_place_of(_IMAGES + ".gz", lambda path: _gzip_bomb(path, N_TRAIN)), "bytes too many"),
+    (
+        "claims-4-billion",
+        _in_place_of(_IMAGES, lambda path: path.write_bytes(_idx_header(2**32 - 1))),
+        "claims 4,294,967,295 images",
+    ),
+    (  # an EMNIST-size count is admitted (then found truncated)
+        "claims-800000",
+        _in_place_of(_IMAGES, lambda path: path.write_bytes(_idx_header(800_000))),
+        f"expected {800_000 * 784} bytes of pixels, found 0",
+    ),
+    (
+        "labels-claim-4-billion-gz",
+        _in_place_of(_LABELS + ".gz", lambda path: path.write_bytes(gzip.compress(_idx_header(2**32 - 1, False)))),
+        "claims 4,294,967,295 labels",
+    ),
+    *[(f"idx-{name}", _in_place_of(_IMAGES, make), words) for name, make, words in NOT_REGULAR],
+]
+
+
+@pytest.mark.parametrize("damage, fragment", [c[1:] for c in HOSTILE_IDX], ids=[c[0] for c in HOSTILE_IDX])
+def test_hostile_idx_files_fail_fast_and_small(repo, tmp_path, damage, fragment):
+    raw = repo / "data" / "raw"
+    params_path = _write_params(repo / "hostile.yaml", _tiny_params(raw))
+    named, keep = damage(raw)
+    _age(repo)
+    before = _walk_snapshot(repo)
+    done = _measured_run("prepare", _stage_argv("prepare", repo, params_path), repo, tmp_path / "measure.json")
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = _one_error_line(done.stderr)
+    assert line.startswith(f"error: {named}: ") and fragment in line, line
+    assert _changes(before, _walk_snapshot(repo)) == []
+    del keep
+
+
+# --- 6c. prepared data: meta.json and its shards -------------------------------------------------------
+
+
+def _meta_path(root: Path) -> Path:
+    return root / PREPARED / "meta.json"
+
+
+def _copy_shard_to(root: Path, target: Path, split: str = "test") -> Path:
+    shutil.copyfile(_shards(root, split)[0], target)
+    return target
+
+
+def _meta_edit(edit):
+    """A damage that edits meta.json in place (the line must name meta.json)."""
+
+    def damage(root: Path):
+        meta = json.loads(_meta_path(root).read_text())
+        edit(meta, root)
+        _meta_path(root).write_text(json.dumps(meta))
+        return _meta_path(root), None
+
+    return damage
+
+
+def _set_test_file(name_of):
+    def edit(meta, root):
+        meta["splits"]["test"]["shards"][0]["file"] = name_of(root)
+
+    return edit
+
+
+def _replace(path_of, make):
+    def damage(root: Path):
+        path = path_of(root)
+        return path, make(path)
+
+    return damage
+
+
+def _write_text(text: str):
+    def make(path: Path):
+        path.write_text(text)
+
+    return make
+
+
+# (id, damage(root) -> (path the line must start with, keep-alive), fragment the line must contain)
+HOSTILE_PREPARED = [
+    (  # a copy of a real shard outside the folder: the sha256 matches, the name must not be followed
+        "shard-outside-the-folder",
+        _meta_edit(
+            _set_test_file(lambda root: os.path.relpath(_copy_shard_to(root, root / "x.tfrecord"), root / PREPARED))
+        ),
+        "expected 'test-00000-of-00001.tfrecord'",
+    ),
+    (
+        "shard-absolute-path",
+        _meta_edit(_set_test_file(lambda root: str(_copy_shard_to(root, root / "x.tfrecord")))),
+        "expected 'test-00000-of-00001.tfrecord'",
+    ),
+    (
+        "shard-in-a-subfolder",
+        _meta_edit(_set_test_file(lambda root: "sub/test-00000-of-00001.tfrecord")),
+        "expected 'test-00000-of-00001.tfrecord'",
+    ),
+    (  # val's shards listed as the test split, with their own (consistent) sizes and checksums
+        "shards-of-another-split",
+        _meta_edit(lambda meta, root: meta["splits"]["test"].update(shards=meta["splits"]["val"]["shards"])),
+        "of split test",
+    ),
+    ("count-as-text", _meta_edit(lambda meta, root: meta["splits"]["test"].update(count="200")), "splits.test.count"),
+    (
+        "count-huge",
+        _meta_edit(lambda meta, root: meta["splits"]["test"].update(count=10**15)),
+        "expected an integer in 0..",
+    ),
+    (
+        "shard-counts-disagree",
+        _meta_edit(lambda meta, root: meta["splits"]["test"]["shards"][0].update(count=7)),
+        "its shards hold 7 examples",
+    ),
+    (
+        "class-counts-disagree",
+        _meta_edit(lambda meta, root: meta["splits"]["test"].update(class_counts=[1] * 10)),
+        "class_counts add up to 10",
+    ),
+    (
+        "compression-not-the-names",
+        _meta_edit(lambda meta, root: meta.update(compression="gzip")),
+        ".tfrecord.gz",
+    ),
+    ("split-missing", _meta_edit(lambda meta, root: meta["splits"].pop("test")), "no 'test' split listed"),
+    ("split-unknown", _meta_edit(lambda meta, root: meta["splits"].update(extra={})), "splits are"),
+    ("meta-a-list", _replace(_meta_path, _write_text("[1, 2, 3]\n")), "not schema version"),
+    ("meta-nested-deeply", _replace(_meta_path, _write_text("[" * 200_000)), "unreadable"),
+    ("meta-sparse-200MB", _replace(_meta_path, _sparse), "too large"),
+    *[(f"meta-{name}", _replace(_meta_path, make), words) for name, make, words in NOT_REGULAR],
+    *[
+        (f"shard-{name}", _replace(lambda root: _shards(root, "test")[0], make), words)
+        for name, make, words in NOT_REGULAR
+        if name in ("fifo", "directory", "dev-zero")  # (a socket's path would be too long for AF_UNIX)
+    ],
+]
+
+
+@contextlib.contextmanager
+def _alarm(seconds: int):
+    """Raise TimeoutError in this process after `seconds` (it interrupts a blocking open or read in
+    Python; a hang inside TensorFlow's C++ is what the subprocess cases guard against)."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _in_process_case(stage: str, repo: Path, capfd) -> str:
+    """Run the stage in-process; it must fail with exit 1 and one line within CASE_SECONDS, its peak
+    RSS growing by less than CASE_RSS_BYTES, nothing changed; returns the line."""
+    before = _walk_snapshot(repo)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.monotonic()
+    with _alarm(CASE_SECONDS + 5):
+        code, out, err = _run_in_process(stage, _stage_argv(stage, repo, repo / "params.yaml"), capfd)
+    seconds = time.monotonic() - start
+    growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
+    print(f"{stage}: {seconds:.2f} s, peak RSS grew {growth / 1e6:.0f} MB")
+    assert code == 1, err
+    assert seconds < CASE_SECONDS and growth < CASE_RSS_BYTES
+    assert _changes(before, _walk_snapshot(repo)) == []
+    line = _one_error_line(err)
+    print(line)
+    return line
+
+
+@pytest.mark.parametrize("damage, fragment", [c[1:] for c in HOSTILE_PREPARED], ids=[c[0] for c in HOSTILE_PREPARED])
+def test_hostile_prepared_data(repo, capfd, damage, fragment):
+    named, keep = damage(repo)
+    line = _in_process_case("evaluate", repo, capfd)
+    assert line.startswith(f"error: {named}: ") and fragment in line, line
+    assert "dvc repro prepare" in line, line
+    del keep
+
+
+# --- 6d. the checkpoint: model.json and TensorFlow's files ---------------------------------------------
+
+
+def _model_json(root: Path) -> Path:
+    return root / CHECKPOINT / "model.json"
+
+
+HOSTILE_CHECKPOINT = [
+    (
+        "model-json-many-layers",
+        _replace(_model_json, _write_text(json.dumps({"hidden_units": [1] * 100_000}))),
+        "does not match the checkpoint",
+    ),
+    ("model-json-sparse-200MB", _replace(_model_json, _sparse), "too large"),
+    *[(f"model-json-{name}", _replace(_model_json, make), words) for name, make, words in NOT_REGULAR],
+]
+# TensorFlow's own reader would block in C++ on these, where no alarm reaches: run as subprocesses.
+HOSTILE_CHECKPOINT_FILES = [
+    ("ckpt-index-fifo", _replace(lambda root: root / CHECKPOINT / "ckpt.index", _fifo), "a FIFO"),
+    ("ckpt-data-dev-zero", _replace(_ckpt_data, lambda path: _link(path, "/dev/zero")), "a character device"),
+]
+
+
+@pytest.mark.parametrize(
+    "damage, fragment", [c[1:] for c in HOSTILE_CHECKPOINT], ids=[c[0] for c in HOSTILE_CHECKPOINT]
+)
+def test_hostile_checkpoint(repo, capfd, damage, fragment):
+    named, keep = damage(repo)
+    named = repo / CHECKPOINT if "does not match" in fragment else named
+    line = _in_process_case("evaluate", repo, capfd)
+    assert line.startswith(f"error: {named}") and fragment in line, line
+    assert "dvc repro train" in line, line
+    del keep
+
+
+@pytest.mark.parametrize(
+    "damage, fragment", [c[1:] for c in HOSTILE_CHECKPOINT_FILES], ids=[c[0] for c in HOSTILE_CHECKPOINT_FILES]
+)
+def test_hostile_checkpoint_files_as_a_subprocess(repo, tmp_path, damage, fragment):
+    named, keep = damage(repo)
+    _age(repo)
+    before = _walk_snapshot(repo)
+    argv = _stage_argv("evaluate", repo, repo / "params.yaml")
+    done = _measured_run("evaluate", argv, repo, tmp_path / "measure.json", tensorflow=True)
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = _one_error_line(done.stderr)
+    assert line.startswith(f"error: {named}: ") and fragment in line and "dvc repro train" in line, line
+    assert _changes(before, _walk_snapshot(repo)) == []
+    del keep
+
+
+def test_model_json_claiming_a_huge_width_allocates_nothing(repo, tmp_path):
+    """[20000, 20000] is 400M weights (1.6 GB) if built: model.json is checked against the checkpoint first."""
+    _model_json(repo).write_text(json.dumps({"hidden_units": [20_000, 20_000], "deskew": False}))
+    _age(repo)
+    before = _walk_snapshot(repo)
+    argv = _stage_argv("evaluate", repo, repo / "params.yaml")
+    done = _measured_run("evaluate", argv, repo, tmp_path / "measure.json", tensorflow=True)
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = _one_error_line(done.stderr)
+    assert line.startswith(f"error: {repo / CHECKPOINT}: ") and "does not match the checkpoint" in line, line
+    assert _changes(before, _walk_snapshot(repo)) == []
+
+
+# --- 6e. the operating system's errors and TensorFlow's resource errors, injected ---------------------
+# (tests run as root in CI, where permissions stop no write: the errors are raised where they would be)
+
+
+def _raise(exc):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+def _os_error_on_temporary(monkeypatch, code: int, function: str = "open"):
+    """os.open / os.replace fail with `code` for any path of an atomic writer's temporary copy."""
+    real = getattr(os, function)
+
+    def failing(path, *args, **kwargs):
+        if "/.tmp-" in str(path) or str(path).startswith(".tmp-"):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, function, failing)
+
+
+def _enospc_in_write_text(monkeypatch):
+    from stages.lib import atomic
+
+    def open_then_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(atomic, "open", open_then_full, raising=False)
+
+
+def _enospc_writing_meta(monkeypatch):
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "meta.json" and "/.tmp-" in str(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def _tf_out_of_memory(monkeypatch):
+    import tensorflow as tf
+
+    from stages.lib import model
+
+    message = "OOM when allocating tensor with shape[10000,800] and type float on /job:localhost/device:CPU:0"
+    monkeypatch.setattr(model, "predict_logits", _raise(tf.errors.ResourceExhaustedError(None, None, message)))
+
+
+def _shard_read_fails(monkeypatch, repo):
+    from stages.lib import records
+
+    shard = _shards(repo, "val")[0]
+    monkeypatch.setattr(records, "sha256_file", _raise(OSError(errno.EIO, os.strerror(errno.EIO), str(shard))))
+
+
+def _memory_error(monkeypatch):
+    from stages.lib import records
+
+    monkeypatch.setattr(records, "read_split", _raise(MemoryError()))
+
+
+# (id, stage, inject(monkeypatch, repo), what the line must start with (relative to repo or None), fragment)
+OS_ERRORS = [
+    (
+        "disk-full-writing",
+        "evaluate",
+        lambda mp, repo: _enospc_in_write_text(mp),
+        "reports/per_class.json",
+        "No space left on device",
+    ),
+    (
+        "read-only-folder",
+        "evaluate",
+        lambda mp, repo: _os_error_on_temporary(mp, errno.EROFS),
+        "reports/",
+        "Read-only file system",
+    ),
+    (
+        "rename-not-permitted",
+        "evaluate",
+        lambda mp, repo: _os_error_on_temporary(mp, errno.EACCES, "replace"),
+        "reports/per_class.json",
+        "Permission denied",
+    ),
+    (
+        "shard-unreadable",
+        "evaluate",
+        lambda mp, repo: _shard_read_fails(mp, repo),
+        f"{PREPARED}/val-",
+        "Input/output error",
+    ),
+    ("tf-out-of-memory", "evaluate", lambda mp, repo: _tf_out_of_memory(mp), None, "shape[10000,800]"),
+    ("out-of-memory", "evaluate", lambda mp, repo: _memory_error(mp), None, "out of memory"),
+    (
+        "disk-full-preparing",
+        "prepare",
+        lambda mp, repo: _enospc_writing_meta(mp),
+        f"{PREPARED}: cannot write it",
+        "No space left on device",
+    ),
+]
+
+
+@pytest.mark.parametrize("stage, inject, named, fragment", [c[1:] for c in OS_ERRORS], ids=[c[0] for c in OS_ERRORS])
+def test_os_and_resource_errors_give_one_line(repo, capfd, monkeypatch, stage, inject, named, fragment):
+    if stage == "prepare":
+        _write_params(repo / "params.yaml", _tiny_params(repo / "data" / "raw", **{"data.seed": 1}))
+    _age(repo)
+    inject(monkeypatch, repo)
+    line = _in_process_case(stage, repo, capfd)
+    monkeypatch.undo()
+    if named:
+        assert line.startswith(f"error: {repo / named}"), line
+    assert fragment in line, line
+    assert leftovers(repo) == []
+
+
+# --- 6f. two writers at once: two direct `prepare` runs into the same output ---------------------------
+
+_PAUSED_PREPARE = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from stages.lib import cli
+    cli.import_tensorflow()
+    from stages import prepare
+    from stages.lib import records
+    paused, go, *argv = sys.argv[1:]
+    real_write_split = records.write_split
+
+    def write_split(folder, split, *args, **kwargs):
+        entry = real_write_split(folder, split, *args, **kwargs)
+        if split == "train":  # the train shards are in the temporary folder, meta.json is not: wait here
+            Path(paused).write_text(str(folder))
+            deadline = time.monotonic() + 300
+            while not Path(go).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return entry
+
+    records.write_split = write_split
+    cli.run(prepare.main, argv)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_prepare_runs_at_once_never_mix(repo, tmp_path):
+    """The first run is held while writing (train shards written, meta.json not), the second runs to its
+    end meanwhile, then the first goes on. Each must end in success or one clear line, and data/prepared
+    must be exactly one run's complete output. (Before the lock and unique names, the second removed the
+    first's temporary folder and the first crashed writing into it.)"""
+    raw = repo / "data" / "raw"
+    params_first = _write_params(repo / "first.yaml", _tiny_params(raw, **{"data.seed": 1}))
+    params_second = _write_params(repo / "second.yaml", _tiny_params(raw, **{"data.seed": 2, "data.shard_size": 100}))
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    first = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_PREPARE, str(paused), str(go), *_stage_argv("prepare", repo, params_first)],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        start = time.monotonic()
+        while not paused.exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() - start < STAGE_TIMEOUT, "the first run never reached its pause"
+            time.sleep(0.05)
+        second = _run_stage("prepare", _stage_argv("prepare", repo, params_second), repo)
+    finally:
+        go.write_text("")
+        out, err = first.communicate(timeout=STAGE_TIMEOUT)
+    outcomes = {"first": (first.returncode, err), "second": (second.returncode, second.stderr)}
+    print(outcomes)
+    for name, (code, stderr) in outcomes.items():
+        if code == 0:
+            assert stderr.strip() == "", f"{name}: {stderr}"
+        else:
+            assert code == 1, f"{name} exited {code}: {stderr}"
+            line = _one_error_line(stderr)
+            assert line.startswith(f"error: {repo / PREPARED}: another run") and "is writing it" in line, line
+    winners = [name for name, (code, _) in outcomes.items() if code == 0]
+    assert len(winners) >= 1
+    out_dir = repo / PREPARED
+    meta = json.loads((out_dir / "meta.json").read_text())
+    listed = {shard["file"]: shard for split in meta["splits"].values() for shard in split["shards"]}
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["meta.json", *listed]), "files of both runs"
+    for name, shard in listed.items():
+        assert sha256(out_dir / name) == shard["sha256"], name
+    train_shards = len(meta["splits"]["train"]["shards"])
+    expected = {"first": -(-(N_TRAIN - VAL_SIZE) // SHARD_SIZE), "second": -(-(N_TRAIN - VAL_SIZE) // 100)}
+    assert train_shards in [expected[name] for name in winners], (train_shards, winners)
+    assert leftovers(repo) == []

@@ -1,9 +1,11 @@
 """The params schema: every bad value is one ParamsError naming the full key; the stages exit 2 on it,
 with one `error:` line, no traceback and nothing written."""
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -183,3 +185,110 @@ def test_params_does_not_import_tensorflow():
 
 # The stages' own refusal of a bad params file (exit 2, one line, nothing written, before TensorFlow) is in
 # test_faults.py, which runs every case there through all four stages.
+
+
+# --- hostile files (issue 14): bounded values, strict YAML, only a regular file -----------------------
+
+
+@pytest.mark.parametrize(
+    "hidden_units",
+    [[800, 800], [1024, 1024], [1200, 1200], [1024, 1024, 1024], [700, 500], [16]],
+    ids=lambda units: "x".join(map(str, units)),
+)
+def test_the_budget_admits_every_documented_model(hidden_units):
+    """README and benchmarks/RESULTS.md use these; 3x1024 (2.9M parameters) is the largest."""
+    assert params.validate(with_overrides(base_params(), {"model.hidden_units": hidden_units}))
+
+
+@pytest.mark.parametrize(
+    "overrides, key, fragment",
+    [
+        ({"model.hidden_units": [65_536] * 3}, "model.hidden_units", "budget of 20,000,000"),
+        ({"model.hidden_units": [8] * (params.MAX_HIDDEN_LAYERS + 1)}, "model.hidden_units", "at most 32 items"),
+        ({"train.seed": 2**32}, "train.seed", "less than or equal to 4294967295"),
+        ({"data.seed": 2**64}, "data.seed", "less than or equal to 4294967295"),
+        ({"data.shard_size": 2**31}, "data.shard_size", "less than or equal to 2147483647"),
+        ({"train.steps_per_call": 2**40}, "train.steps_per_call", "less than or equal to 2147483647"),
+        ({"train.max_norm": float("inf")}, "train.max_norm", "less than or equal"),
+    ],
+    ids=["too-big", "too-deep", "seed-2-32", "data-seed-2-64", "shard-size-2-31", "steps-2-40", "max-norm-inf"],
+)
+def test_values_beyond_what_numpy_and_tensorflow_take_are_refused(overrides, key, fragment):
+    with pytest.raises(params.ParamsError) as caught:
+        params.validate(with_overrides(base_params(), overrides))
+    assert names_key(str(caught.value), key) and fragment in str(caught.value), caught.value
+
+
+def test_largest_seed_is_accepted():
+    assert params.validate(with_overrides(base_params(), {"train.seed": 2**32 - 1})).train.seed == 2**32 - 1
+
+
+def _repo_params_with(tmp_path, pattern: str, replacement: str) -> Path:
+    text, count = re.subn(pattern, replacement, (REPO / "params.yaml").read_text(), count=1, flags=re.M)
+    assert count == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_duplicate_key_is_refused_with_its_line(tmp_path):
+    path = _repo_params_with(tmp_path, r"^(  epochs: .*)$", r"\1\n  epochs: 3")
+    with pytest.raises(params.ParamsError, match=r"line \d+: duplicate key 'epochs'"):
+        params.load(path)
+
+
+def test_a_duplicate_section_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text() + "train:\n  epochs: 3\n")
+    with pytest.raises(params.ParamsError, match=r"duplicate key 'train'"):
+        params.load(path)
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine levels of nine aliases: 387M strings once expanded, and the error message quoted them all."""
+    levels = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    path = _repo_params_with(tmp_path, r"^(  epochs: ).*$", r"\g<1>[" + ", ".join(levels) + "]")
+    with pytest.raises(params.ParamsError) as caught:
+        params.load(path)
+    assert "YAML aliases (*a0) are not allowed" in str(caught.value) and len(str(caught.value)) < 200
+
+
+def test_a_huge_value_is_quoted_shortened(tmp_path):
+    path = _repo_params_with(tmp_path, r"^(  optimizer: )\S+", r"\g<1>" + "x" * 500_000)
+    with pytest.raises(params.ParamsError) as caught:
+        params.load(path)
+    assert names_key(str(caught.value), "train.optimizer") and len(str(caught.value)) < 300
+
+
+def test_deep_nesting_is_one_line(tmp_path):
+    path = _repo_params_with(tmp_path, r"^(  optimizer: )\S+", r"\g<1>" + "[" * 50_000 + "]" * 50_000)
+    with pytest.raises(params.ParamsError, match="nested too deeply|not valid YAML"):
+        params.load(path)
+
+
+def test_an_oversized_file_is_not_read(tmp_path):
+    path = tmp_path / "params.yaml"
+    with open(path, "wb") as f:
+        f.truncate(params.MAX_FILE_BYTES + 1)
+    with pytest.raises(params.ParamsError, match=r"cannot read params file \(1048577 bytes, too large"):
+        params.load(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero", "loop"])
+def test_a_params_path_that_is_not_a_regular_file_is_named(tmp_path, kind):
+    path = tmp_path / "params.yaml"
+    {
+        "fifo": lambda: os.mkfifo(path),
+        "directory": lambda: path.mkdir(),
+        "dev-zero": lambda: path.symlink_to("/dev/zero"),
+        "loop": lambda: path.symlink_to(path.name),
+    }[kind]()
+    words = {
+        "fifo": "a FIFO",
+        "directory": "a directory",
+        "dev-zero": "a character device",
+        "loop": "a symbolic link loop",
+    }
+    with pytest.raises(params.ParamsError, match=rf"cannot read params file \({words[kind]}"):
+        params.load(path)

@@ -4,6 +4,7 @@ the prepare stage on each source: test_pipeline.py and test_faults.py."""
 
 import gzip
 import io
+import os
 import pickle
 import pickletools
 import re
@@ -512,3 +513,79 @@ def test_tfds_prepared_data_dir_needs_no_network_and_is_mnist(tfds, full_mnist_i
         (*b_train, *b_val, *mnist_facts.canonical_test(loaded.test_images, loaded.test_labels)),
     ):
         np.testing.assert_array_equal(x, y)
+
+
+# --- hostile IDX files (issue 14): bounded reads, a cap on the claimed count, only regular files ------
+
+
+def _idx_folder(tmp_path, n_train: int = 50, n_test: int = 20):
+    return write_idx(tmp_path / "raw", make_mnist(n_train, n_test))
+
+
+def _header(count: int) -> bytes:
+    return (0x803).to_bytes(4, "big") + count.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+
+
+def test_a_claimed_count_above_the_cap_is_refused_before_reading(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(_header(sources.MAX_IDX_COUNT + 1) + bytes(784))
+    with pytest.raises(cli.UserError, match=r"claims 1,000,001 images, more than the 1,000,000"):
+        sources.read_idx(path, images=True)
+
+
+def test_an_emnist_size_count_is_admitted(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(_header(814_255) + bytes(784))
+    with pytest.raises(cli.UserError, match=rf"expected {814_255 * 784} bytes of pixels, found 784 \(truncated"):
+        sources.read_idx(path, images=True)
+
+
+def test_a_gzip_bomb_is_not_read_to_its_end(tmp_path, monkeypatch):
+    """The stream goes on for 1 GB past the claimed 10 images: reading stops ~1 MB past them."""
+    member = gzip.compress(bytes(16 << 20), mtime=0)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with open(path, "wb") as f:
+        f.write(gzip.compress(_header(10) + bytes(7840), mtime=0))
+        for _ in range(64):
+            f.write(member)
+    read = []
+    real_read = gzip.GzipFile.read
+
+    def counting_read(self, size=-1):
+        data = real_read(self, size)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    with pytest.raises(cli.UserError, match=r"at least 1048576 bytes too many; the rest was not read"):
+        sources.read_idx(path, images=True)
+    assert sum(read) <= 16 + 7840 + (1 << 20)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "loop", "broken", "dev-zero"])
+def test_an_idx_path_that_is_not_a_regular_file_is_named(tmp_path, kind):
+    folder = _idx_folder(tmp_path)
+    path = folder / "train-images-idx3-ubyte"
+    path.unlink()
+    {
+        "directory": lambda: path.mkdir(),
+        "fifo": lambda: os.mkfifo(path),
+        "loop": lambda: path.symlink_to(path.name),
+        "broken": lambda: path.symlink_to("nowhere"),
+        "dev-zero": lambda: path.symlink_to("/dev/zero"),
+    }[kind]()
+    words = {
+        "directory": "a directory",
+        "fifo": "a FIFO",
+        "loop": "a symbolic link loop",
+        "broken": "a broken symbolic link",
+        "dev-zero": "a character device",
+    }[kind]
+    with pytest.raises(cli.UserError, match=rf"train-images-idx3-ubyte: {words}.*not an IDX file"):
+        sources.load_idx(folder)
+
+
+def test_an_idx_dir_that_is_not_a_folder_is_named(tmp_path):
+    os.mkfifo(tmp_path / "raw")
+    with pytest.raises(cli.UserError, match=r"raw: a FIFO \(named pipe\), not a folder \(data.idx_dir\)"):
+        sources.load_idx(tmp_path / "raw")

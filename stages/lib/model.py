@@ -1,6 +1,7 @@
 """The multilayer perceptron, TensorFlow Core style: one weight and one bias tf.Variable per layer."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -97,26 +98,59 @@ def save_architecture(model: MLP, folder: Path) -> None:
 
 
 def restore(folder: str | Path) -> MLP:
-    """Rebuild the MLP described in `folder`/model.json and load its checkpoint's weights."""
+    """Rebuild the MLP described in `folder`/model.json and load its checkpoint's weights.
+
+    model.json is checked against the checkpoint's own variable list (names and shapes, read from
+    its index without loading any values) before anything is built: a model.json claiming a huge
+    width allocates nothing. Only regular files are read (a FIFO would block TensorFlow forever)."""
+    from stages.lib import cli
+
     folder = Path(folder)
     fix = "rerun `dvc repro train`"
+    arch_path = folder / ARCHITECTURE_FILE
     try:
-        arch = json.loads((folder / ARCHITECTURE_FILE).read_text())
+        arch = json.loads(cli.read_regular(arch_path, 1 << 20, fix))
+        if not isinstance(arch, dict):
+            raise ValueError(f"expected an object, found {type(arch).__name__}")
         units = arch["hidden_units"]
         if not isinstance(units, list) or not units or not all(type(u) is int and u > 0 for u in units):
-            raise ValueError(f"hidden_units {units!r} is not a list of positive integers")
+            raise ValueError(f"hidden_units {cli.shorten(repr(units), 60)} is not a list of positive integers")
         deskew = arch.get("deskew", False)  # absent in files written before the option existed
         if type(deskew) is not bool:
-            raise ValueError(f"deskew {deskew!r} is not true or false")
-        model = MLP(units, seed=0, deskew=deskew)
-    except FileNotFoundError:
-        raise UserError(f"{folder / ARCHITECTURE_FILE}: not found; {fix}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{folder / ARCHITECTURE_FILE}: unreadable ({exc}); {fix}") from None
+            raise ValueError(f"deskew {cli.shorten(repr(deskew), 40)} is not true or false")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UserError(f"{arch_path}: unreadable ({cli.shorten(str(exc), 120)}); {fix}") from None
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("ckpt.") and not cli.is_regular_file(entry.path):
+                raise UserError(f"{entry.path}: {cli.describe_path(entry.path)}, not a checkpoint file; {fix}")
+
+    def clean(exc: BaseException) -> str:
+        # TensorFlow prefixes op errors with "{{function_node __wrapped__...}}": internals, not news to the user
+        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip()
+        return (text.splitlines() or [type(exc).__name__])[0][:160]
+
     try:
+        stored = dict(tf.train.list_variables(str(folder / "ckpt")))
+    except (tf.errors.OpError, ValueError, IndexError) as exc:
+        raise UserError(f"{folder}: cannot restore the checkpoint ({clean(exc)}); {fix}") from None
+    sizes = [INPUT_SIZE, *units, NUM_CLASSES]
+    expected = {}
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        expected[f"model/weights/{layer}/.ATTRIBUTES/VARIABLE_VALUE"] = [fan_in, fan_out]
+        expected[f"model/biases/{layer}/.ATTRIBUTES/VARIABLE_VALUE"] = [fan_out]
+    layer_variables = ("model/weights/", "model/biases/")
+    found = {name: list(shape) for name, shape in stored.items() if name.startswith(layer_variables)}
+    if found != expected:
+        by_layer = sorted(found.items(), key=lambda item: (len(item[0]), item[0]))  # weights/2 before weights/10
+        held = [shape for name, shape in by_layer if name.startswith("model/weights/")]
+        raise UserError(
+            f"{folder}: model.json (hidden_units {cli.shorten(repr(units), 60)}) does not match the checkpoint, "
+            f"whose weights have shapes {cli.shorten(repr(held), 80)}; {fix}"
+        )
+    try:
+        model = MLP(units, seed=0, deskew=deskew)
         tf.train.Checkpoint(model=model).read(str(folder / "ckpt")).assert_existing_objects_matched().expect_partial()
     except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:  # IndexError: a truncated ckpt.data
-        # TensorFlow prefixes op errors with "{{function_node __wrapped__...}}": internals, not news to the user
-        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).strip().splitlines()[0][:160]
-        raise UserError(f"{folder}: cannot restore the checkpoint ({reason}); {fix}") from None
+        raise UserError(f"{folder}: cannot restore the checkpoint ({clean(exc)}); {fix}") from None
     return model

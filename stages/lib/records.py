@@ -1,16 +1,20 @@
 """The prepared-data contract: TFRecord schema, shard writing, meta.json, integrity checks, reading.
 
 Example: `image` = 784 raw uint8 bytes, `label` = int64. Shards per split are listed with their size
-and sha256 in meta.json, and every reader checks them before use.
+and sha256 in meta.json, and every reader checks them before use. meta.json itself is checked whole
+before any of it is used (types, counts, shard names that belong to their split and stay in the
+folder), and only regular files are opened.
 """
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from stages.lib import cli
 from stages.lib.cli import UserError
 
 SCHEMA_VERSION = 1
@@ -24,6 +28,9 @@ META_FILE = "meta.json"
 _TF_COMPRESSION = {"none": "", "gzip": "GZIP"}
 _SUFFIX = {"none": ".tfrecord", "gzip": ".tfrecord.gz"}
 _FIX = "rerun `dvc repro prepare`"
+MAX_META_BYTES = 64 << 20  # meta.json of 70,000 one-example shards is ~12 MB
+MAX_COUNT = 10_000_000  # examples in a split: far above EMNIST's 814,255
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def serialize(image: np.ndarray, label: int) -> bytes:
@@ -47,7 +54,7 @@ def parse_batch(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with cli.open_regular(path, _FIX) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -75,37 +82,104 @@ def write_split(
     }
 
 
+class _Invalid(Exception):
+    """A meta.json fact that does not hold; its message says which."""
+
+
+def _count(value, where: str, limit: int = MAX_COUNT) -> int:
+    if type(value) is not int or not 0 <= value <= limit:
+        raise _Invalid(f"{where} is {cli.shorten(repr(value), 40)}, expected an integer in 0..{limit}")
+    return value
+
+
+def _shard_name(split: str, index: int, total: int, compression: str) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}{_SUFFIX[compression]}"
+
+
+def _check_split(split: str, entry, compression: str) -> None:
+    where = f"splits.{split}"
+    if not isinstance(entry, dict):
+        raise _Invalid(f"{where} is not an object")
+    count = _count(entry.get("count"), f"{where}.count")
+    class_counts = entry.get("class_counts")
+    if not isinstance(class_counts, list) or len(class_counts) != 10:
+        raise _Invalid(f"{where}.class_counts is not a list of 10 counts")
+    if sum(_count(c, f"{where}.class_counts") for c in class_counts) != count:
+        raise _Invalid(f"{where}.class_counts add up to {sum(class_counts)}, not its count {count}")
+    shards = entry.get("shards")
+    if not isinstance(shards, list) or not shards or len(shards) > max(count, 1):
+        raise _Invalid(f"{where}.shards is not a list of 1..{max(count, 1)} shards")
+    total = 0
+    for index, shard in enumerate(shards):
+        at = f"{where}.shards[{index}]"
+        if not isinstance(shard, dict) or set(shard) != {"file", "count", "bytes", "sha256"}:
+            raise _Invalid(f"{at} is not an object of file, count, bytes and sha256")
+        expected = _shard_name(split, index, len(shards), compression)
+        if shard["file"] != expected:  # also keeps the path inside the folder: no separators, no ..
+            raise _Invalid(
+                f"{at}.file is {cli.shorten(repr(shard['file']), 60)}, expected {expected!r} "
+                f"(shard {index + 1} of {len(shards)} of split {split}, compression {compression})"
+            )
+        total += _count(shard["count"], f"{at}.count")
+        _count(shard["bytes"], f"{at}.bytes", limit=1 << 40)
+        if not isinstance(shard["sha256"], str) or not _SHA256.fullmatch(shard["sha256"]):
+            raise _Invalid(f"{at}.sha256 is not 64 lowercase hex digits")
+    if total != count:
+        raise _Invalid(f"{where}: its shards hold {total} examples, its count says {count}")
+
+
+def check_meta(meta) -> None:
+    """Every fact readers rely on in meta.json, or _Invalid naming the first that does not hold."""
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        raise _Invalid(f"not schema version {SCHEMA_VERSION}")
+    compression = meta.get("compression")
+    if not isinstance(compression, str) or compression not in _TF_COMPRESSION:
+        raise _Invalid(f"unknown compression {cli.shorten(repr(compression), 40)}")
+    if meta.get("image_shape", [28, 28]) != [28, 28]:
+        raise _Invalid(f"image_shape is {cli.shorten(repr(meta.get('image_shape')), 40)}, expected [28, 28]")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or not splits or not set(splits) <= set(SPLITS):
+        found = sorted(map(str, splits)) if isinstance(splits, dict) else type(splits).__name__
+        raise _Invalid(f"splits are {cli.shorten(repr(found), 60)}, expected some of {list(SPLITS)}")
+    for split, entry in splits.items():  # (a reader asking for a split not listed is told so)
+        _check_split(split, entry, compression)
+
+
 def read_meta(folder: str | Path) -> dict:
+    """meta.json of a prepared folder, checked whole (check_meta) before any of it is used."""
     path = Path(folder) / META_FILE
     try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run `dvc repro prepare` first") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc}); {_FIX}") from None
-    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{path}: not schema version {SCHEMA_VERSION}; {_FIX}")
-    if meta.get("compression") not in _TF_COMPRESSION:
-        raise UserError(f"{path}: unknown compression {meta.get('compression')!r}; {_FIX}")
+        text = cli.read_regular(path, MAX_META_BYTES, _FIX)
+    except UserError as exc:
+        if str(exc).startswith(f"{path}: not found"):
+            raise UserError(f"{path}: not found; run `dvc repro prepare` first") from None
+        raise
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: unreadable ({cli.shorten(str(exc), 100)}); {_FIX}") from None
+    try:
+        check_meta(meta)
+    except _Invalid as exc:
+        raise UserError(f"{path}: {exc}; {_FIX}") from None
     return meta
 
 
 def verified_shards(folder: str | Path, split: str, meta: dict) -> list[str]:
-    """The split's shard paths, after checking each one's size and sha256 against meta.json."""
+    """The split's shard paths, after checking each one's size and sha256 against meta.json
+    (which read_meta has checked: every name is a shard of this split, inside `folder`)."""
     folder = Path(folder)
-    try:
-        shards = [
-            (folder / shard["file"], shard["bytes"], shard["sha256"]) for shard in meta["splits"][split]["shards"]
-        ]
-    except (KeyError, TypeError):
-        raise UserError(f"{folder / META_FILE}: no valid '{split}' split listed; {_FIX}") from None
+    if split not in meta["splits"]:
+        raise UserError(f"{folder / META_FILE}: no '{split}' split listed; {_FIX}")
     paths = []
-    for path, size, sha256 in shards:
-        if not path.is_file():
-            raise UserError(f"{path}: missing; {_FIX}")
+    for shard in meta["splits"][split]["shards"]:
+        path, size = folder / shard["file"], shard["bytes"]
+        if not cli.is_regular_file(path):
+            found = cli.describe_path(path)
+            raise UserError(f"{path}: {'missing' if found == 'not found' else found + ', not a shard'}; {_FIX}")
         if path.stat().st_size != size:
             raise UserError(f"{path}: {path.stat().st_size} bytes, meta.json says {size} (damaged); {_FIX}")
-        if sha256_file(path) != sha256:
+        if sha256_file(path) != shard["sha256"]:
             raise UserError(f"{path}: sha256 differs from meta.json (damaged); {_FIX}")
         paths.append(str(path))
     return paths

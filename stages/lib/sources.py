@@ -7,6 +7,7 @@ whatever order the source delivers them; `mnist_facts` then checks and orders th
 import gzip
 import importlib.util
 import math
+import os
 import pickle
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from stages.lib import cli
 from stages.lib.cli import UserError, import_tensorflow
 
 
@@ -87,13 +89,22 @@ IDX_FILES = {
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 _GZIP_START = b"\x1f\x8b"
 _CHUNK = 1 << 24
+# The most examples one IDX file may claim: EMNIST (the largest MNIST-format dataset, 697,932
+# training images in its "byclass" split, 814,255 in all) fits; a header claiming more (up to
+# 2**32 - 1, i.e. 3 TB of pixels) is refused before anything is read.
+MAX_IDX_COUNT = 1_000_000
+_EXTRA_CHECKED = 1 << 20  # bytes read past the claimed size to report "too many" (never to the end of a bomb)
 
 
 def _find_idx_file(folder: Path, name: str) -> Path:
-    """`name` or `name.gz` in `folder` (the plain file wins when both are there)."""
+    """`name` or `name.gz` in `folder` (the plain file wins when both are there); a directory, a
+    FIFO or a broken link under either name is named as such, not taken for a missing file."""
     for path in (folder / name, folder / f"{name}.gz"):
-        if path.is_file():
+        if cli.is_regular_file(path):
             return path
+    for path in (folder / name, folder / f"{name}.gz"):
+        if os.path.lexists(path):
+            raise UserError(f"{path}: {cli.describe_path(path)}, not an IDX file; put the IDX file there")
     raise UserError(
         f"{folder / name}: not found (nor {name}.gz); put the four MNIST IDX files in {folder} (data.idx_dir)"
     )
@@ -110,10 +121,11 @@ def _read_exactly(f, size: int) -> bytearray:
     return data
 
 
-def _count_rest(f) -> int:
-    """Bytes left in the stream, read to the end (so a gzip stream's CRC and length get checked)."""
+def _count_rest(f, limit: int = _EXTRA_CHECKED) -> int:
+    """Bytes left in the stream, up to `limit` (reaching the end checks a gzip stream's CRC and
+    length; a stream that goes on, such as a gzip bomb, is not read to its end)."""
     count = 0
-    while chunk := f.read(_CHUNK):
+    while count < limit and (chunk := f.read(min(_CHUNK, limit - count))):
         count += len(chunk)
     return count
 
@@ -124,14 +136,19 @@ def _one_line(exc: BaseException) -> str:
 
 def read_idx(path: Path, images: bool) -> np.ndarray:
     """One IDX file (plain, or gzipped if its name ends in .gz), checked: its magic number, its
-    dimensions (N x 28 x 28 images or N labels) and that the data length matches the header exactly."""
+    dimensions (N x 28 x 28 images or N labels, N at most MAX_IDX_COUNT) and that the data length
+    matches the header exactly. Only a regular file is opened; reading stops at the claimed size
+    (plus a little, to report extra bytes), so memory stays bounded by the header's limit."""
     path = Path(path)
     what = "images" if images else "labels"
     expected_magic = _IMAGES_MAGIC if images else _LABELS_MAGIC
     ndim = 3 if images else 1
     header_size = 4 + 4 * ndim
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        with (
+            cli.open_regular(path, "put the IDX file there") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw as f,
+        ):
             header = _read_exactly(f, header_size)
             if header[:2] == _GZIP_START and path.suffix != ".gz":
                 raise UserError(f"{path}: is gzip-compressed; name it {path.name}.gz or decompress it")
@@ -148,6 +165,11 @@ def read_idx(path: Path, images: bool) -> np.ndarray:
             dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
             if images and dims[1:] != [28, 28]:
                 raise UserError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+            if dims[0] > MAX_IDX_COUNT:
+                raise UserError(
+                    f"{path}: the header claims {dims[0]:,} {what}, more than the {MAX_IDX_COUNT:,} an IDX file "
+                    "may hold here (EMNIST has 814,255 in all)"
+                )
             expected = math.prod(dims)
             data = _read_exactly(f, expected)
             found = len(data) + (_count_rest(f) if len(data) == expected else 0)
@@ -157,7 +179,14 @@ def read_idx(path: Path, images: bool) -> np.ndarray:
         raise UserError(f"{path}: cannot read ({_one_line(exc)})") from None
     if found != expected:
         what_bytes = "pixels" if images else "labels"
-        hint = "truncated?" if found < expected else f"{found - expected} bytes too many"
+        extra = found - expected
+        hint = (
+            "truncated?"
+            if found < expected
+            else f"{extra} bytes too many"
+            if extra < _EXTRA_CHECKED
+            else f"at least {extra} bytes too many; the rest was not read"
+        )
         raise UserError(f"{path}: expected {expected} bytes of {what_bytes}, found {found} ({hint})")
     return np.frombuffer(data, np.uint8).reshape(dims)
 
@@ -165,6 +194,10 @@ def read_idx(path: Path, images: bool) -> np.ndarray:
 def load_idx(folder: str | Path) -> Mnist:
     """The four IDX files in `folder`, each plain or .gz; images and labels must agree in count."""
     folder = Path(folder)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UserError(
+            f"{folder}: {cli.describe_path(folder)}, not a folder (data.idx_dir); put the four IDX files in a folder"
+        )
     if not folder.is_dir():
         raise UserError(
             f"{folder}: no such folder (data.idx_dir); put the four MNIST IDX files there: "
