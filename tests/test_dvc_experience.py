@@ -451,3 +451,100 @@ def test_pull_from_an_empty_remote_fails(shared):
     assert done.returncode != 0
     assert "failed to pull data from the cloud" in done.stderr, done.stderr
     assert not (c / "artifacts/saved_model").exists() and not (c / RAW[0]).exists()
+
+
+# --- the GitHub workflow's report script, on a two-commit repo (issue #13) ------------------------------------
+
+REPORT_SCRIPT = ".github/scripts/pr_report.py"
+
+
+def _card_numbers_match(repo):
+    """The model card's tables hold reports/metrics.json's and reports/per_class.json's numbers."""
+    card = (repo / "reports/model_card.md").read_text()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    per_class = json.loads((repo / "reports/per_class.json").read_text())
+
+    def table(heading):
+        section = card.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        rows = [line for line in section.splitlines() if line.startswith("|")][2:]
+        return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows)}
+
+    headline = table("Headline metrics")
+    for split in ("test", "val"):
+        m = metrics[split]
+        assert [float(x) for x in headline[split][:4]] == [m["accuracy"], m["loss"], m["macro_f1"], m["errors"]]
+    rows = table("Per class (test)")
+    assert set(rows) == set(per_class)
+    for digit, c in per_class.items():
+        assert [float(x) for x in rows[digit]] == [c["precision"], c["recall"], c["f1"], c["support"]]
+    assert str(repo) not in card and "](confusion_matrix.png)" in card
+    return card
+
+
+@pytest.fixture(scope="module")
+def two_commits(tmp_path_factory):
+    """A repo after `dvc repro` (commit 1), then train.learning_rate changed and reproduced (commit 2)."""
+    repo = tmp_path_factory.mktemp("pr_report") / "repo"
+    tiny_repo(
+        repo,
+        make_mnist(N_TRAIN, N_TEST, seed=7),
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
+        train=dict(epochs=2, batch_size=32, learning_rate=BASE_LR),
+    )
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["train"]["learning_rate"] = EXP_LR
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "learning rate 0.003")
+    assert git(repo, "status", "--porcelain").stdout == ""
+    return repo
+
+
+def test_report_script_shows_both_diffs_and_the_card(two_commits):
+    repo = two_commits
+    run(["python", REPORT_SCRIPT, "report", "--base", "HEAD~1"], repo)
+    report = (repo / "reports/pr_report.md").read_text()
+    assert report.startswith("<!-- mnist-mlp pr-report -->")
+    params_table = report.split("### Params (`dvc params diff`)", 1)[1].split("###", 1)[0]
+    assert "| Path        | Param               | HEAD~1   | workspace   |" in params_table, params_table
+    assert re.search(r"\| params\.yaml \| train\.learning_rate +\| 0\.001 +\| 0\.003 +\|", params_table), params_table
+    metrics_table = report.split("### Metrics (`dvc metrics diff`)", 1)[1].split("<details>", 1)[0]
+    assert re.search(r"\| Path +\| Metric +\| HEAD~1 +\| workspace +\| Change +\|", metrics_table), metrics_table
+    assert re.search(r"\| reports/metrics\.json +\| test\.accuracy +\|", metrics_table), metrics_table
+    card = _card_numbers_match(repo)
+    assert card.strip() in report  # the whole card, in a <details> block
+    assert "`pipeline-reports` build artifact" in report  # where the pictures are
+    assert git(repo, "status", "--porcelain").stdout == ""  # the report is git-ignored
+
+    # no base (a branch's first push): the card without diffs
+    run(["python", REPORT_SCRIPT, "report", "--base", "0" * 40], repo)
+    report = (repo / "reports/pr_report.md").read_text()
+    assert "no base revision" in report and "dvc params diff" not in report and card.strip() in report
+
+
+def test_report_script_reproduce_checks_the_floor(two_commits):
+    repo = two_commits
+    floor = repo / ".ci/min_test_accuracy"
+    try:
+        floor.write_text("0.5\n")  # tiny data: not the full-data floor
+        done = run(["python", REPORT_SCRIPT, "reproduce"], repo)
+        assert "no DVC remote configured" in done.stdout and "(floor 0.5)" in done.stdout, done.stdout + done.stderr
+        floor.write_text("1.01\n")
+        failed = run(["python", REPORT_SCRIPT, "reproduce"], repo, check=False)
+        assert failed.returncode != 0 and "below the floor 1.01" in failed.stderr, failed.stdout + failed.stderr
+    finally:
+        git(repo, "checkout", "--", ".ci/min_test_accuracy")
+
+
+def test_model_card_is_byte_identical_after_a_forced_rerun(two_commits):
+    repo = two_commits
+    card = (repo / "reports/model_card.md").read_bytes()
+    run(["dvc", "repro", "--force"], repo)
+    assert (repo / "reports/model_card.md").read_bytes() == card
+    _card_numbers_match(repo)

@@ -48,8 +48,9 @@ NOT_FOR = """\
 - **Calibrated probabilities.** With label smoothing the top probability rarely exceeds ~0.92, and
   the errors are often confident (see the misclassified picture): do not read the probability as
   the chance of being right.
-- **Decisions without a human check** (cheques, forms, postal codes): about one digit in a hundred is
-  wrong, and more on handwriting unlike MNIST's writers (American Census employees and students).
+- **Decisions without a human check** (cheques, forms, postal codes): {errors} of the {images} test
+  digits are wrong, and more would be on handwriting unlike MNIST's writers (American Census employees
+  and students).
 """
 
 
@@ -167,5 +168,6 @@ def render(
         "",
     ]
     lines += [f"- [{caption}]({link})" for caption, link in pictures.items()]
-    lines += ["", "## What it is not for", "", NOT_FOR]
+    test_images = splits.get("test", {}).get("count", "?")
+    lines += ["", "## What it is not for", "", NOT_FOR.format(errors=test["errors"], images=test_images)]
     return "\n".join(lines)
