@@ -15,6 +15,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -548,3 +551,191 @@ def test_model_card_is_byte_identical_after_a_forced_rerun(two_commits):
     run(["dvc", "repro", "--force"], repo)
     assert (repo / "reports/model_card.md").read_bytes() == card
     _card_numbers_match(repo)
+
+
+# --- a sweep through DVC's queue (issue #13) ------------------------------------------------------------------
+
+SWEEP_LR, SWEEP_BATCH = (0.001, 0.01), (16, 32)
+QUEUE_DRAIN_TIMEOUT = 20 * 60  # seconds: five tiny experiments take about two minutes on 2 cores
+
+
+def _dvc_env():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _queue_start(repo, log):
+    """`dvc queue start`: its worker lives on in the background and holds on to inherited pipes, so its
+    output goes to a file, not to a pipe that would never close."""
+    with open(log, "ab") as out:
+        done = subprocess.run(
+            ["dvc", "queue", "start"],
+            cwd=repo,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=_dvc_env(),
+            timeout=120,
+        )
+    assert done.returncode == 0, Path(log).read_text()
+
+
+def _queue_status(repo) -> dict:
+    """name -> state (Queued, Running, Success, Failed) of `dvc queue status`."""
+    out = _run(["dvc", "queue", "status"], repo).stdout
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\w+\s+(\S+)\s+.*?\s(Queued|Running|Success|Failed)\s*$", out, re.M)
+    }
+
+
+def _wait_for_drain(repo, timeout=QUEUE_DRAIN_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _queue_status(repo)
+        if states and not {"Queued", "Running"} & set(states.values()):
+            return states
+        assert time.monotonic() < deadline, f"the queue did not drain in {timeout} s: {states}"
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A committed repo (IDX files under DVC, so the queue's workspaces get them), a 2 x 2 grid and one
+    experiment the params schema refuses, queued, run by `dvc queue start`, drained."""
+    root = tmp_path_factory.mktemp("sweep")
+    repo = root / "repo"
+    tiny_repo(
+        repo,
+        make_mnist(N_TRAIN, N_TEST, seed=3),
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
+        train=dict(epochs=1, batch_size=32),
+    )
+    # a queued experiment runs in a fresh copy of the last commit: git-ignored files are not in it
+    _run(["dvc", "add", *sorted(str(p.relative_to(repo)) for p in (repo / "data/raw").glob("*-ubyte*"))], repo)
+    _run(["dvc", "repro"], repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "baseline")
+    assert _git(repo, "status", "--porcelain").stdout == ""
+
+    grid = ["-S", "train.learning_rate=" + ",".join(map(str, SWEEP_LR))]
+    grid += ["-S", "train.batch_size=" + ",".join(map(str, SWEEP_BATCH))]
+    queued = _run(["dvc", "exp", "run", "--queue", *grid], repo)
+    names = re.findall(r"Queued experiment '(\S+)' for future execution", queued.stdout + queued.stderr)
+    assert len(names) == 4, queued.stdout + queued.stderr
+    _run(["dvc", "exp", "run", "--queue", "-n", "zero-epochs", "-S", "train.epochs=0"], repo)
+
+    log = root / "queue.log"
+    try:
+        _queue_start(repo, log)
+        states = _wait_for_drain(repo)
+    finally:
+        _run(["dvc", "queue", "stop"], repo, check=False)  # the idle worker exits
+    yield SimpleNamespace(repo=repo, names=names, states=states)
+
+
+def test_sweep_runs_the_grid_and_only_the_bad_value_fails(sweep):
+    assert sweep.states == {**{name: "Success" for name in sweep.names}, "zero-epochs": "Failed"}, sweep.states
+
+
+def test_sweep_bad_value_shows_our_one_line_error_in_queue_logs(sweep):
+    logs = _run(["dvc", "queue", "logs", "zero-epochs"], sweep.repo, check=False)
+    output = logs.stdout + logs.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: params.yaml: train.epochs = 0: input should be greater than or equal to 1"], output
+    assert "Traceback" not in output
+
+
+def test_sweep_misspelt_key_is_refused_before_queueing(sweep):
+    before = _queue_status(sweep.repo)
+    refused = _run(["dvc", "exp", "run", "--queue", "-S", "train.lerning_rate=0.1,0.2"], sweep.repo, check=False)
+    assert refused.returncode != 0 and "Could not override 'train.lerning_rate'" in refused.stdout + refused.stderr
+    assert _queue_status(sweep.repo) == before
+
+
+def test_sweep_exp_show_lists_the_grid_and_the_best_is_branched_and_applied(sweep):
+    repo = sweep.repo
+    rows = {
+        row["Experiment"]: row
+        for row in csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], repo).stdout))
+        if row["Experiment"] in sweep.names
+    }
+    assert set(rows) == set(sweep.names)
+    grid = {(float(r["train.learning_rate"]), int(r["train.batch_size"])) for r in rows.values()}
+    assert grid == {(lr, b) for lr in SWEEP_LR for b in SWEEP_BATCH}
+    assert all(r["State"] == "Success" for r in rows.values())
+    best = max(rows, key=lambda name: (float(rows[name]["test.accuracy"]), name))
+
+    _run(["dvc", "exp", "branch", best, "sweep-best"], repo)
+    branched = yaml.safe_load(_git(repo, "show", "sweep-best:params.yaml").stdout)["train"]
+    assert (branched["learning_rate"], branched["batch_size"]) == (
+        float(rows[best]["train.learning_rate"]),
+        int(rows[best]["train.batch_size"]),
+    )
+    _run(["dvc", "exp", "apply", best], repo)
+    assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] == float(
+        rows[best]["test.accuracy"]
+    )
+    assert "up to date" in _run(["dvc", "status"], repo).stdout  # the applied outputs are the experiment's
+
+
+# --- the model as a registry artifact (issue #13) -------------------------------------------------------------
+
+ARTIFACT = "mnist-mlp"
+
+
+def test_artifact_registered_fetched_and_used_for_predict(tmp_path):
+    """Register a version with GTO in a repo with a local remote, fetch it with `dvc artifacts get` (by version
+    and by stage) into a fresh folder, without the repo's cache, and classify a picture from there."""
+    import numpy as np
+    from PIL import Image
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    data = make_mnist(N_TRAIN, N_TEST, seed=9)
+    tiny_repo(
+        repo,
+        data,
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
+        train=dict(epochs=1, batch_size=32),
+    )
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"][ARTIFACT]
+    assert declared["path"] == "artifacts/saved_model" and declared["type"] == "model"
+    assert declared["desc"] and declared["labels"]
+    _run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    _run(["dvc", "repro"], repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "model v1")
+    _run(["dvc", "push"], repo)
+    _run(["gto", "register", ARTIFACT, "--version", "v1.0.0"], repo)
+    _run(["gto", "assign", ARTIFACT, "--version", "v1.0.0", "--stage", "prod"], repo)
+    shown = _run(["gto", "show", "--json"], repo).stdout
+    assert "v1.0.0" in shown and "prod" in shown, shown
+    shutil.rmtree(repo / ".dvc/cache")  # what `get` fetches comes from the remote
+
+    exported = {
+        p.relative_to(repo / declared["path"]): p.read_bytes()
+        for p in (repo / declared["path"]).rglob("*")
+        if p.is_file()
+    }
+    fresh = tmp_path / "fresh"
+    for how in (["--rev", "v1.0.0"], ["--stage", "prod"]):
+        out = fresh / how[1]
+        _run(["dvc", "artifacts", "get", str(repo), ARTIFACT, *how, "-o", str(out)], tmp_path)
+        fetched = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert fetched == exported  # the whole export folder, byte for byte
+
+    # a test digit as a user's picture: dark ink on white, enlarged
+    picture = tmp_path / "picture.png"
+    Image.fromarray(255 - data.test_images[0]).resize((112, 112)).save(picture)
+    env_python = ["python", "-m", "stages.predict"]
+    from_fetched = _run([*env_python, str(fresh / "v1.0.0"), str(picture), "--json"], REPO)
+    from_repo = _run([*env_python, str(repo / declared["path"]), str(picture), "--json"], REPO)
+    result = json.loads(from_fetched.stdout)
+    assert result["path"] == str(picture) and 0 <= result["class_id"] <= 9 and 0 < result["probability"] <= 1
+    assert from_fetched.stdout == from_repo.stdout
+    assert np.isfinite(result["probability"])
