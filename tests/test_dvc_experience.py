@@ -583,7 +583,7 @@ def _queue_start(repo, log):
 
 def _queue_status(repo) -> dict:
     """name -> state (Queued, Running, Success, Failed) of `dvc queue status`."""
-    out = _run(["dvc", "queue", "status"], repo).stdout
+    out = run(["dvc", "queue", "status"], repo).stdout
     return {
         m.group(1): m.group(2)
         for m in re.finditer(r"^\w+\s+(\S+)\s+.*?\s(Queued|Running|Success|Failed)\s*$", out, re.M)
@@ -615,25 +615,25 @@ def sweep(tmp_path_factory):
         train=dict(epochs=1, batch_size=32),
     )
     # a queued experiment runs in a fresh copy of the last commit: git-ignored files are not in it
-    _run(["dvc", "add", *sorted(str(p.relative_to(repo)) for p in (repo / "data/raw").glob("*-ubyte*"))], repo)
-    _run(["dvc", "repro"], repo)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "baseline")
-    assert _git(repo, "status", "--porcelain").stdout == ""
+    run(["dvc", "add", *sorted(str(p.relative_to(repo)) for p in (repo / "data/raw").glob("*-ubyte*"))], repo)
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    assert git(repo, "status", "--porcelain").stdout == ""
 
     grid = ["-S", "train.learning_rate=" + ",".join(map(str, SWEEP_LR))]
     grid += ["-S", "train.batch_size=" + ",".join(map(str, SWEEP_BATCH))]
-    queued = _run(["dvc", "exp", "run", "--queue", *grid], repo)
+    queued = run(["dvc", "exp", "run", "--queue", *grid], repo)
     names = re.findall(r"Queued experiment '(\S+)' for future execution", queued.stdout + queued.stderr)
     assert len(names) == 4, queued.stdout + queued.stderr
-    _run(["dvc", "exp", "run", "--queue", "-n", "zero-epochs", "-S", "train.epochs=0"], repo)
+    run(["dvc", "exp", "run", "--queue", "-n", "zero-epochs", "-S", "train.epochs=0"], repo)
 
     log = root / "queue.log"
     try:
         _queue_start(repo, log)
         states = _wait_for_drain(repo)
     finally:
-        _run(["dvc", "queue", "stop"], repo, check=False)  # the idle worker exits
+        run(["dvc", "queue", "stop"], repo, check=False)  # the idle worker exits
     yield SimpleNamespace(repo=repo, names=names, states=states)
 
 
@@ -642,7 +642,7 @@ def test_sweep_runs_the_grid_and_only_the_bad_value_fails(sweep):
 
 
 def test_sweep_bad_value_shows_our_one_line_error_in_queue_logs(sweep):
-    logs = _run(["dvc", "queue", "logs", "zero-epochs"], sweep.repo, check=False)
+    logs = run(["dvc", "queue", "logs", "zero-epochs"], sweep.repo, check=False)
     output = logs.stdout + logs.stderr
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert errors == ["error: params.yaml: train.epochs = 0: input should be greater than or equal to 1"], output
@@ -651,7 +651,7 @@ def test_sweep_bad_value_shows_our_one_line_error_in_queue_logs(sweep):
 
 def test_sweep_misspelt_key_is_refused_before_queueing(sweep):
     before = _queue_status(sweep.repo)
-    refused = _run(["dvc", "exp", "run", "--queue", "-S", "train.lerning_rate=0.1,0.2"], sweep.repo, check=False)
+    refused = run(["dvc", "exp", "run", "--queue", "-S", "train.lerning_rate=0.1,0.2"], sweep.repo, check=False)
     assert refused.returncode != 0 and "Could not override 'train.lerning_rate'" in refused.stdout + refused.stderr
     assert _queue_status(sweep.repo) == before
 
@@ -660,7 +660,7 @@ def test_sweep_exp_show_lists_the_grid_and_the_best_is_branched_and_applied(swee
     repo = sweep.repo
     rows = {
         row["Experiment"]: row
-        for row in csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], repo).stdout))
+        for row in csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout))
         if row["Experiment"] in sweep.names
     }
     assert set(rows) == set(sweep.names)
@@ -669,17 +669,17 @@ def test_sweep_exp_show_lists_the_grid_and_the_best_is_branched_and_applied(swee
     assert all(r["State"] == "Success" for r in rows.values())
     best = max(rows, key=lambda name: (float(rows[name]["test.accuracy"]), name))
 
-    _run(["dvc", "exp", "branch", best, "sweep-best"], repo)
-    branched = yaml.safe_load(_git(repo, "show", "sweep-best:params.yaml").stdout)["train"]
+    run(["dvc", "exp", "branch", best, "sweep-best"], repo)
+    branched = yaml.safe_load(git(repo, "show", "sweep-best:params.yaml").stdout)["train"]
     assert (branched["learning_rate"], branched["batch_size"]) == (
         float(rows[best]["train.learning_rate"]),
         int(rows[best]["train.batch_size"]),
     )
-    _run(["dvc", "exp", "apply", best], repo)
+    run(["dvc", "exp", "apply", best], repo)
     assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] == float(
         rows[best]["test.accuracy"]
     )
-    assert "up to date" in _run(["dvc", "status"], repo).stdout  # the applied outputs are the experiment's
+    assert "up to date" in run(["dvc", "status"], repo).stdout  # the applied outputs are the experiment's
 
 
 # --- the model as a registry artifact (issue #13) -------------------------------------------------------------
@@ -706,14 +706,14 @@ def test_artifact_registered_fetched_and_used_for_predict(tmp_path):
     declared = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"][ARTIFACT]
     assert declared["path"] == "artifacts/saved_model" and declared["type"] == "model"
     assert declared["desc"] and declared["labels"]
-    _run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
-    _run(["dvc", "repro"], repo)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "model v1")
-    _run(["dvc", "push"], repo)
-    _run(["gto", "register", ARTIFACT, "--version", "v1.0.0"], repo)
-    _run(["gto", "assign", ARTIFACT, "--version", "v1.0.0", "--stage", "prod"], repo)
-    shown = _run(["gto", "show", "--json"], repo).stdout
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "model v1")
+    run(["dvc", "push"], repo)
+    run(["gto", "register", ARTIFACT, "--version", "v1.0.0"], repo)
+    run(["gto", "assign", ARTIFACT, "--version", "v1.0.0", "--stage", "prod"], repo)
+    shown = run(["gto", "show", "--json"], repo).stdout
     assert "v1.0.0" in shown and "prod" in shown, shown
     shutil.rmtree(repo / ".dvc/cache")  # what `get` fetches comes from the remote
 
@@ -725,7 +725,7 @@ def test_artifact_registered_fetched_and_used_for_predict(tmp_path):
     fresh = tmp_path / "fresh"
     for how in (["--rev", "v1.0.0"], ["--stage", "prod"]):
         out = fresh / how[1]
-        _run(["dvc", "artifacts", "get", str(repo), ARTIFACT, *how, "-o", str(out)], tmp_path)
+        run(["dvc", "artifacts", "get", str(repo), ARTIFACT, *how, "-o", str(out)], tmp_path)
         fetched = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
         assert fetched == exported  # the whole export folder, byte for byte
 
@@ -733,8 +733,8 @@ def test_artifact_registered_fetched_and_used_for_predict(tmp_path):
     picture = tmp_path / "picture.png"
     Image.fromarray(255 - data.test_images[0]).resize((112, 112)).save(picture)
     env_python = ["python", "-m", "stages.predict"]
-    from_fetched = _run([*env_python, str(fresh / "v1.0.0"), str(picture), "--json"], REPO)
-    from_repo = _run([*env_python, str(repo / declared["path"]), str(picture), "--json"], REPO)
+    from_fetched = run([*env_python, str(fresh / "v1.0.0"), str(picture), "--json"], REPO)
+    from_repo = run([*env_python, str(repo / declared["path"]), str(picture), "--json"], REPO)
     result = json.loads(from_fetched.stdout)
     assert result["path"] == str(picture) and 0 <= result["class_id"] <= 9 and 0 < result["probability"] <= 1
     assert from_fetched.stdout == from_repo.stdout

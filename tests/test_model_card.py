@@ -26,7 +26,7 @@ META = {
 PICTURES = {"confusion matrix (test)": "confusion_matrix.png", "training curves": "training_curves.png"}
 
 
-def _confusion():
+def _card_confusion():
     matrix = np.diag(np.full(10, 95))
     matrix[4, 9], matrix[9, 4], matrix[7, 2], matrix[3, 5], matrix[5, 3] = 7, 5, 5, 2, 1
     return matrix
@@ -47,7 +47,7 @@ def _per_class(matrix):
 
 
 def _card(**changes):
-    matrix = _confusion()
+    matrix = _card_confusion()
     args = dict(
         metrics=METRICS,
         per_class=_per_class(matrix),
@@ -76,7 +76,7 @@ def test_headline_metrics_are_the_metrics_files_numbers():
 
 
 def test_per_class_table_is_per_class_json():
-    per_class = _per_class(_confusion())
+    per_class = _per_class(_card_confusion())
     rows = _table(_card(), "Per class (test)")
     assert [row[0] for row in rows] == [str(d) for d in range(10)]
     for row in rows:
@@ -85,7 +85,7 @@ def test_per_class_table_is_per_class_json():
 
 
 def test_most_frequent_confusions_in_order_ties_by_digits():
-    assert model_card.top_confusions(_confusion(), 4) == [(4, 9, 7), (7, 2, 5), (9, 4, 5), (3, 5, 2)]
+    assert model_card.top_confusions(_card_confusion(), 4) == [(4, 9, 7), (7, 2, 5), (9, 4, 5), (3, 5, 2)]
     rows = _table(_card(), "Most frequent confusions (test)")
     assert rows[0] == ["4", "9", "7"] and len(rows) == 5  # only the non-zero pairs
     assert "No test errors." in _card(confusion=np.diag(np.full(10, 100)))

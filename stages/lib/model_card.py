@@ -43,7 +43,7 @@ NOT_FOR = """\
 - **Inputs unlike MNIST digits.** It was trained on 28×28 grey-scale pictures of one handwritten
   digit 0–9, light ink on black, centred by mass. Letters, printed or several digits, photographs,
   drawings or blank pictures still get one of the ten classes, often with a high probability: it has
-  no "none of these" answer. `stages.predict` converts a user's picture to MNIST's form first, and
+  no "none of these" answer. The `predict` command converts a user's picture to MNIST's form first, and
   works best on one dark digit on light paper, cropped loosely.
 - **Calibrated probabilities.** With label smoothing the top probability rarely exceeds ~0.92, and
   the errors are often confident (see the misclassified picture): do not read the probability as
