@@ -4,6 +4,9 @@
 Runs in a fresh git repo copied from this one, on tiny synthetic IDX data: `dvc repro`, commit,
 `dvc exp run -S train.learning_rate=0.003` (slow, about 2.5 minutes: `python -m pytest -m slow`).
 Then results shared through a DVC remote (issue #7), in two more such repos (see "Sharing results").
+Then the team's side (issue #13): the GitHub workflow's report script on a two-commit repo (and the model
+card's numbers and bytes), a sweep through DVC's queue, and the model registered as a GTO artifact, fetched
+with `dvc artifacts get` and used by `predict`.
 The Chromium test needs /usr/bin/chromium (or $CHROMIUM) and `npm ci` at the repo root; it is
 skipped, with the reason, when either is missing.
 """
