@@ -2,11 +2,13 @@
 
     python -m stages.evaluate --params params.yaml --data data/prepared --checkpoint artifacts/checkpoint \\
         --metrics reports/metrics.json --per-class reports/per_class.json \\
-        --predictions reports/predictions.csv --confusion reports/confusion_matrix.png
+        --predictions reports/predictions.csv --confusion reports/confusion_matrix.png \\
+        --misclassified reports/misclassified.png --card reports/model_card.md --curves reports/training_curves.png
 """
 
 import argparse
 import io
+import json
 
 import numpy as np
 
@@ -78,6 +80,27 @@ def picture_most_confident_errors(images, labels, logits, path, count: int = 30)
     )
 
 
+def write_card(args, cfg, metrics: dict, classes: dict, confusion) -> None:
+    """reports/model_card.md from the numbers just computed, the params and data/prepared/meta.json."""
+    from stages.lib import model_card, records
+
+    pictures = {
+        "confusion matrix (test)": args.confusion,
+        "the most confidently wrong test digits": args.misclassified,
+        "training curves": args.curves,
+    }
+    card = model_card.render(
+        # the card shows the numbers as the JSON files hold them
+        json.loads(json.dumps(metrics)),
+        classes,
+        confusion,
+        model_card.flat_params(cfg.model_dump()),
+        records.read_meta(args.data),
+        {caption: model_card.relative_link(args.card, path) for caption, path in pictures.items()},
+    )
+    atomic.write_text(args.card, card)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -88,8 +111,10 @@ def main(argv=None) -> None:
     parser.add_argument("--predictions", default="reports/predictions.csv")
     parser.add_argument("--confusion", default="reports/confusion_matrix.png")
     parser.add_argument("--misclassified", default="reports/misclassified.png")
+    parser.add_argument("--card", default="reports/model_card.md", help="the model card (Markdown) to write")
+    parser.add_argument("--curves", default="reports/training_curves.png", help="train's picture, linked from the card")
     args = parser.parse_args(argv)
-    params.load(args.params)  # nothing here depends on params, but a bad file is reported early by every stage
+    cfg = params.load(args.params)  # a bad file is reported early by every stage; the model card shows the values
 
     cli.import_tensorflow()
     from sklearn.metrics import confusion_matrix
@@ -104,16 +129,19 @@ def main(argv=None) -> None:
 
     test_labels = splits["test"][1]
     test_predicted = logits["test"].argmax(axis=1)
-    atomic.write_json(args.per_class, per_class(test_labels, test_predicted))
+    classes = per_class(test_labels, test_predicted)
+    confusion = confusion_matrix(test_labels, test_predicted, labels=range(10))
+    atomic.write_json(args.per_class, classes)
     atomic.write_text(args.predictions, predictions_csv(test_labels, test_predicted))
     with atomic.output_path(args.confusion) as tmp:
         figures.confusion_matrix(
-            confusion_matrix(test_labels, test_predicted, labels=range(10)),
+            confusion,
             tmp,
             f"MNIST test set: {metrics['test']['accuracy']:.2%} correct, {metrics['test']['errors']} errors",
         )
     with atomic.output_path(args.misclassified) as tmp:
         picture_most_confident_errors(splits["test"][0], test_labels, logits["test"], tmp)
+    write_card(args, cfg, metrics, classes, confusion)
     atomic.write_json(args.metrics, metrics)  # last: its presence means the whole stage completed
     for name, m in metrics.items():
         print(

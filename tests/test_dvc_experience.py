@@ -4,6 +4,9 @@
 Runs in a fresh git repo copied from this one, on tiny synthetic IDX data: `dvc repro`, commit,
 `dvc exp run -S train.learning_rate=0.003` (slow, about 2.5 minutes: `python -m pytest -m slow`).
 Then results shared through a DVC remote (issue #7), in two more such repos (see "Sharing results").
+Then the team's side (issue #13): the GitHub workflow's report script on a two-commit repo (and the model
+card's numbers and bytes), a sweep through DVC's queue, and the model registered as a GTO artifact, fetched
+with `dvc artifacts get` and used by `predict`.
 The Chromium test needs /usr/bin/chromium (or $CHROMIUM) and `npm ci` at the repo root; it is
 skipped, with the reason, when either is missing.
 """
@@ -15,6 +18,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -451,3 +457,288 @@ def test_pull_from_an_empty_remote_fails(shared):
     assert done.returncode != 0
     assert "failed to pull data from the cloud" in done.stderr, done.stderr
     assert not (c / "artifacts/saved_model").exists() and not (c / RAW[0]).exists()
+
+
+# --- the GitHub workflow's report script, on a two-commit repo (issue #13) ------------------------------------
+
+REPORT_SCRIPT = ".github/scripts/pr_report.py"
+
+
+def _card_numbers_match(repo):
+    """The model card's tables hold reports/metrics.json's and reports/per_class.json's numbers."""
+    card = (repo / "reports/model_card.md").read_text()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    per_class = json.loads((repo / "reports/per_class.json").read_text())
+
+    def table(heading):
+        section = card.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        rows = [line for line in section.splitlines() if line.startswith("|")][2:]
+        return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows)}
+
+    headline = table("Headline metrics")
+    for split in ("test", "val"):
+        m = metrics[split]
+        assert [float(x) for x in headline[split][:4]] == [m["accuracy"], m["loss"], m["macro_f1"], m["errors"]]
+    rows = table("Per class (test)")
+    assert set(rows) == set(per_class)
+    for digit, c in per_class.items():
+        assert [float(x) for x in rows[digit]] == [c["precision"], c["recall"], c["f1"], c["support"]]
+    assert str(repo) not in card and "](confusion_matrix.png)" in card
+    return card
+
+
+@pytest.fixture(scope="module")
+def two_commits(tmp_path_factory):
+    """A repo after `dvc repro` (commit 1), then train.learning_rate changed and reproduced (commit 2)."""
+    repo = tmp_path_factory.mktemp("pr_report") / "repo"
+    tiny_repo(
+        repo,
+        make_mnist(N_TRAIN, N_TEST, seed=7),
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
+        train=dict(epochs=2, batch_size=32, learning_rate=BASE_LR),
+    )
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["train"]["learning_rate"] = EXP_LR
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "learning rate 0.003")
+    assert git(repo, "status", "--porcelain").stdout == ""
+    return repo
+
+
+def test_report_script_shows_both_diffs_and_the_card(two_commits):
+    repo = two_commits
+    run(["python", REPORT_SCRIPT, "report", "--base", "HEAD~1"], repo)
+    report = (repo / "reports/pr_report.md").read_text()
+    assert report.startswith("<!-- mnist-mlp pr-report -->")
+    params_table = report.split("### Params (`dvc params diff`)", 1)[1].split("###", 1)[0]
+    assert "| Path        | Param               | HEAD~1   | workspace   |" in params_table, params_table
+    assert re.search(r"\| params\.yaml \| train\.learning_rate +\| 0\.001 +\| 0\.003 +\|", params_table), params_table
+    metrics_table = report.split("### Metrics (`dvc metrics diff`)", 1)[1].split("<details>", 1)[0]
+    assert re.search(r"\| Path +\| Metric +\| HEAD~1 +\| workspace +\| Change +\|", metrics_table), metrics_table
+    assert re.search(r"\| reports/metrics\.json +\| test\.accuracy +\|", metrics_table), metrics_table
+    card = _card_numbers_match(repo)
+    assert card.strip() in report  # the whole card, in a <details> block
+    assert "`pipeline-reports` build artifact" in report  # where the pictures are
+    assert git(repo, "status", "--porcelain").stdout == ""  # the report is git-ignored
+
+    # no base (a branch's first push): the card without diffs
+    run(["python", REPORT_SCRIPT, "report", "--base", "0" * 40], repo)
+    report = (repo / "reports/pr_report.md").read_text()
+    assert "no base revision" in report and "dvc params diff" not in report and card.strip() in report
+
+
+def test_report_script_reproduce_checks_the_floor(two_commits):
+    repo = two_commits
+    floor = repo / ".ci/min_test_accuracy"
+    try:
+        floor.write_text("0.5\n")  # tiny data: not the full-data floor
+        done = run(["python", REPORT_SCRIPT, "reproduce"], repo)
+        assert "no DVC remote configured" in done.stdout and "(floor 0.5)" in done.stdout, done.stdout + done.stderr
+        floor.write_text("1.01\n")
+        failed = run(["python", REPORT_SCRIPT, "reproduce"], repo, check=False)
+        assert failed.returncode != 0 and "below the floor 1.01" in failed.stderr, failed.stdout + failed.stderr
+    finally:
+        git(repo, "checkout", "--", ".ci/min_test_accuracy")
+
+
+def test_model_card_is_byte_identical_after_a_forced_rerun(two_commits):
+    repo = two_commits
+    card = (repo / "reports/model_card.md").read_bytes()
+    run(["dvc", "repro", "--force"], repo)
+    assert (repo / "reports/model_card.md").read_bytes() == card
+    _card_numbers_match(repo)
+
+
+# --- a sweep through DVC's queue (issue #13) ------------------------------------------------------------------
+
+SWEEP_LR, SWEEP_BATCH = (0.001, 0.01), (16, 32)
+QUEUE_DRAIN_TIMEOUT = 20 * 60  # seconds: five tiny experiments take about two minutes on 2 cores
+
+
+def _dvc_env():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _queue_start(repo, log):
+    """`dvc queue start`: its worker lives on in the background and holds on to inherited pipes, so its
+    output goes to a file, not to a pipe that would never close."""
+    with open(log, "ab") as out:
+        done = subprocess.run(
+            ["dvc", "queue", "start"],
+            cwd=repo,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=_dvc_env(),
+            timeout=120,
+        )
+    assert done.returncode == 0, Path(log).read_text()
+
+
+def _queue_status(repo) -> dict:
+    """name -> state (Queued, Running, Success, Failed) of `dvc queue status`."""
+    out = run(["dvc", "queue", "status"], repo).stdout
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\w+\s+(\S+)\s+.*?\s(Queued|Running|Success|Failed)\s*$", out, re.M)
+    }
+
+
+def _wait_for_drain(repo, timeout=QUEUE_DRAIN_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _queue_status(repo)
+        if states and not {"Queued", "Running"} & set(states.values()):
+            return states
+        assert time.monotonic() < deadline, f"the queue did not drain in {timeout} s: {states}"
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A committed repo (IDX files under DVC, so the queue's workspaces get them), a 2 x 2 grid and one
+    experiment the params schema refuses, queued, run by `dvc queue start`, drained."""
+    root = tmp_path_factory.mktemp("sweep")
+    repo = root / "repo"
+    tiny_repo(
+        repo,
+        make_mnist(N_TRAIN, N_TEST, seed=3),
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
+        train=dict(epochs=1, batch_size=32),
+    )
+    # a queued experiment runs in a fresh copy of the last commit: git-ignored files are not in it
+    run(["dvc", "add", *sorted(str(p.relative_to(repo)) for p in (repo / "data/raw").glob("*-ubyte*"))], repo)
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline")
+    assert git(repo, "status", "--porcelain").stdout == ""
+
+    grid = ["-S", "train.learning_rate=" + ",".join(map(str, SWEEP_LR))]
+    grid += ["-S", "train.batch_size=" + ",".join(map(str, SWEEP_BATCH))]
+    queued = run(["dvc", "exp", "run", "--queue", *grid], repo)
+    names = re.findall(r"Queued experiment '(\S+)' for future execution", queued.stdout + queued.stderr)
+    assert len(names) == 4, queued.stdout + queued.stderr
+    run(["dvc", "exp", "run", "--queue", "-n", "zero-epochs", "-S", "train.epochs=0"], repo)
+
+    log = root / "queue.log"
+    try:
+        _queue_start(repo, log)
+        states = _wait_for_drain(repo)
+    finally:
+        run(["dvc", "queue", "stop"], repo, check=False)  # the idle worker exits
+    yield SimpleNamespace(repo=repo, names=names, states=states)
+
+
+def test_sweep_runs_the_grid_and_only_the_bad_value_fails(sweep):
+    assert sweep.states == {**{name: "Success" for name in sweep.names}, "zero-epochs": "Failed"}, sweep.states
+
+
+def test_sweep_bad_value_shows_our_one_line_error_in_queue_logs(sweep):
+    logs = run(["dvc", "queue", "logs", "zero-epochs"], sweep.repo, check=False)
+    output = logs.stdout + logs.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: params.yaml: train.epochs = 0: input should be greater than or equal to 1"], output
+    assert "Traceback" not in output
+
+
+def test_sweep_misspelt_key_is_refused_before_queueing(sweep):
+    before = _queue_status(sweep.repo)
+    refused = run(["dvc", "exp", "run", "--queue", "-S", "train.lerning_rate=0.1,0.2"], sweep.repo, check=False)
+    assert refused.returncode != 0 and "Could not override 'train.lerning_rate'" in refused.stdout + refused.stderr
+    assert _queue_status(sweep.repo) == before
+
+
+def test_sweep_exp_show_lists_the_grid_and_the_best_is_branched_and_applied(sweep):
+    repo = sweep.repo
+    rows = {
+        row["Experiment"]: row
+        for row in csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout))
+        if row["Experiment"] in sweep.names
+    }
+    assert set(rows) == set(sweep.names)
+    grid = {(float(r["train.learning_rate"]), int(r["train.batch_size"])) for r in rows.values()}
+    assert grid == {(lr, b) for lr in SWEEP_LR for b in SWEEP_BATCH}
+    assert all(r["State"] == "Success" for r in rows.values())
+    best = max(rows, key=lambda name: (float(rows[name]["test.accuracy"]), name))
+
+    run(["dvc", "exp", "branch", best, "sweep-best"], repo)
+    branched = yaml.safe_load(git(repo, "show", "sweep-best:params.yaml").stdout)["train"]
+    assert (branched["learning_rate"], branched["batch_size"]) == (
+        float(rows[best]["train.learning_rate"]),
+        int(rows[best]["train.batch_size"]),
+    )
+    run(["dvc", "exp", "apply", best], repo)
+    assert json.loads((repo / "reports/metrics.json").read_text())["test"]["accuracy"] == float(
+        rows[best]["test.accuracy"]
+    )
+    assert "up to date" in run(["dvc", "status"], repo).stdout  # the applied outputs are the experiment's
+
+
+# --- the model as a registry artifact (issue #13) -------------------------------------------------------------
+
+ARTIFACT = "mnist-mlp"
+
+
+def test_artifact_registered_fetched_and_used_for_predict(tmp_path):
+    """Register a version with GTO in a repo with a local remote, fetch it with `dvc artifacts get` (by version
+    and by stage) into a fresh folder, without the repo's cache, and classify a picture from there."""
+    import numpy as np
+    from PIL import Image
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    data = make_mnist(N_TRAIN, N_TEST, seed=9)
+    tiny_repo(
+        repo,
+        data,
+        "copy of mnist-mlp",
+        data=dict(val_size=VAL_SIZE, shard_size=SHARD_SIZE),
+        model=dict(hidden_units=[16]),
+        train=dict(epochs=1, batch_size=32),
+    )
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"][ARTIFACT]
+    assert declared["path"] == "artifacts/saved_model" and declared["type"] == "model"
+    assert declared["desc"] and declared["labels"]
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    run(["dvc", "repro"], repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "model v1")
+    run(["dvc", "push"], repo)
+    run(["gto", "register", ARTIFACT, "--version", "v1.0.0"], repo)
+    run(["gto", "assign", ARTIFACT, "--version", "v1.0.0", "--stage", "prod"], repo)
+    shown = run(["gto", "show", "--json"], repo).stdout
+    assert "v1.0.0" in shown and "prod" in shown, shown
+    shutil.rmtree(repo / ".dvc/cache")  # what `get` fetches comes from the remote
+
+    exported = {
+        p.relative_to(repo / declared["path"]): p.read_bytes()
+        for p in (repo / declared["path"]).rglob("*")
+        if p.is_file()
+    }
+    fresh = tmp_path / "fresh"
+    for how in (["--rev", "v1.0.0"], ["--stage", "prod"]):
+        out = fresh / how[1]
+        run(["dvc", "artifacts", "get", str(repo), ARTIFACT, *how, "-o", str(out)], tmp_path)
+        fetched = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert fetched == exported  # the whole export folder, byte for byte
+
+    # a test digit as a user's picture: dark ink on white, enlarged
+    picture = tmp_path / "picture.png"
+    Image.fromarray(255 - data.test_images[0]).resize((112, 112)).save(picture)
+    env_python = ["python", "-m", "stages.predict"]
+    from_fetched = run([*env_python, str(fresh / "v1.0.0"), str(picture), "--json"], REPO)
+    from_repo = run([*env_python, str(repo / declared["path"]), str(picture), "--json"], REPO)
+    result = json.loads(from_fetched.stdout)
+    assert result["path"] == str(picture) and 0 <= result["class_id"] <= 9 and 0 < result["probability"] <= 1
+    assert from_fetched.stdout == from_repo.stdout
+    assert np.isfinite(result["probability"])
