@@ -102,15 +102,19 @@ def write_card(args, cfg, metrics: dict, classes: dict, confusion) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", default="data/prepared")
-    parser.add_argument("--checkpoint", default="artifacts/checkpoint")
-    parser.add_argument("--metrics", default="reports/metrics.json")
-    parser.add_argument("--per-class", default="reports/per_class.json")
-    parser.add_argument("--predictions", default="reports/predictions.csv")
-    parser.add_argument("--confusion", default="reports/confusion_matrix.png")
-    parser.add_argument("--misclassified", default="reports/misclassified.png")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.evaluate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml", help="the params file (reads model.*)")
+    parser.add_argument("--data", default="data/prepared", help="prepared TFRecords (prepare's output)")
+    parser.add_argument("--checkpoint", default="artifacts/checkpoint", help="train's best checkpoint")
+    parser.add_argument("--metrics", default="reports/metrics.json", help="test and validation metrics to write")
+    parser.add_argument("--per-class", default="reports/per_class.json", help="per-digit metrics to write")
+    parser.add_argument("--predictions", default="reports/predictions.csv", help="actual,predicted per test image")
+    parser.add_argument("--confusion", default="reports/confusion_matrix.png", help="confusion matrix picture")
+    parser.add_argument("--misclassified", default="reports/misclassified.png", help="picture of test errors")
     parser.add_argument("--card", default="reports/model_card.md", help="the model card (Markdown) to write")
     parser.add_argument("--curves", default="reports/training_curves.png", help="train's picture, linked from the card")
     args = parser.parse_args(argv)

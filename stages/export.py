@@ -4,14 +4,19 @@
         --metrics reports/metrics.json --out artifacts/saved_model --report reports/export.json
 
 Signature serving_default(images: uint8[None, 28, 28]) -> {probabilities: float32[None, 10],
-class_ids: int64[None]}. The saved copy is reloaded in a fresh Python process and must reproduce
-evaluate's test accuracy exactly, or the stage fails and nothing is written.
+class_ids: int64[None]}. fingerprint.pb's UUID is derived from the content, so the same checkpoint
+gives the same bytes. Beside it, `model.tflite` (the same signature for the LiteRT interpreter, which
+predict runs without TensorFlow) and `predict.json` (the unsure threshold, chosen on the validation
+split). The saved copy is reloaded in a fresh Python process and must reproduce evaluate's test
+accuracy exactly, and the TFLite copy must give the SavedModel's class on every test image, or the
+stage fails and nothing is written.
 """
 
 import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from stages.lib import atomic, cli, params
@@ -28,10 +33,12 @@ def evaluated_test_accuracy(metrics_path: str) -> float:
         raise cli.UserError(f"{metrics_path}: unreadable ({exc}); rerun `dvc repro evaluate`") from None
 
 
-def check_in_fresh_process(saved_model: Path, data: str) -> dict:
+def check_in_fresh_process(saved_model: Path, data: str, tflite: Path) -> dict:
     """Score the SavedModel in a new interpreter, so nothing of this process's graph can help it."""
     done = subprocess.run(
-        [sys.executable, "-m", "stages.score_saved_model", str(saved_model), data], capture_output=True, text=True
+        [sys.executable, "-m", "stages.score_saved_model", str(saved_model), data, "--tflite", str(tflite)],
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -40,38 +47,57 @@ def check_in_fresh_process(saved_model: Path, data: str) -> dict:
 
 
 def directory_bytes(folder: Path) -> int:
-    """Size of the SavedModel, without fingerprint.pb: its random UUID (new on every save) varies in length."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "fingerprint.pb")
+    """Size of the exported folder in bytes."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--checkpoint", default="artifacts/checkpoint")
-    parser.add_argument("--data", default="data/prepared")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.export",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml", help="the params file (reads model.*)")
+    parser.add_argument("--checkpoint", default="artifacts/checkpoint", help="train's best checkpoint")
+    parser.add_argument("--data", default="data/prepared", help="prepare's TFRecords (test and validation splits)")
     parser.add_argument("--metrics", default="reports/metrics.json", help="evaluate's metrics, to compare with")
-    parser.add_argument("--out", default="artifacts/saved_model")
-    parser.add_argument("--report", default="reports/export.json")
+    parser.add_argument("--out", default="artifacts/saved_model", help="the exported model folder to write")
+    parser.add_argument("--report", default="reports/export.json", help="the export report to write")
     args = parser.parse_args(argv)
     params.load(args.params)
     expected = evaluated_test_accuracy(args.metrics)
 
     tf = cli.import_tensorflow()
+    from stages.lib import lite, records, serving
     from stages.lib import model as mlp
-    from stages.lib import records
-    from stages.lib.serving import ServingModule
 
-    module = ServingModule(mlp.restore(args.checkpoint))
+    module = serving.ServingModule(mlp.restore(args.checkpoint))
     # Check the test shards here (sha256 only; the fresh process parses them), so damage is reported as such.
     records.verified_shards(args.data, "test", records.read_meta(args.data))
     with atomic.output_path(args.out, is_dir=True) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-        found = check_in_fresh_process(tmp, args.data)
+        serving.stable_fingerprint(tmp)
+        started = time.perf_counter()
+        (tmp / lite.TFLITE_NAME).write_bytes(serving.to_tflite(tmp))
+        converted_in = time.perf_counter() - started
+        found = check_in_fresh_process(tmp, args.data, tmp / lite.TFLITE_NAME)
         if found["accuracy"] != expected:
             raise cli.UserError(
                 f"the SavedModel scores {found['accuracy']} on the test split, "
                 f"evaluate reported {expected}; nothing exported"
             )
+        if found["tflite_test_disagreements"]:
+            raise cli.UserError(
+                f"the TFLite copy gives another class than the SavedModel on {found['tflite_test_disagreements']} "
+                "test images; nothing exported"
+            )
+        unsure = {
+            "unsure_below": found["unsure_below"],
+            "chosen_on": "validation split: at most 2% of its correct answers fall below",
+            "val_errors_flagged": found["val_errors_flagged"],
+            "val_correct_flagged": found["val_correct_flagged"],
+        }
+        atomic.write_json(tmp / lite.SETTINGS_NAME, unsure)
         size = directory_bytes(tmp)
     atomic.write_json(
         args.report,
@@ -81,10 +107,15 @@ def main(argv=None) -> None:
             "signature": SIGNATURE,
             "test_accuracy_evaluate": expected,
             "test_accuracy_saved_model": found["accuracy"],
-            "reproduces_evaluate": True,
+            "test_accuracy_tflite": found["tflite_test_accuracy"],
+            "tflite_max_abs_probability_difference": found["tflite_test_max_abs_difference"],
+            **unsure,
         },
     )
-    print(f"export: {args.out} ({size / 1e6:.1f} MB) reproduces evaluate's test accuracy {expected} in a fresh process")
+    print(
+        f"export: {args.out} ({size / 1e6:.1f} MB) reproduces evaluate's test accuracy {expected} in a fresh process; "
+        f"TFLite copy converted in {converted_in:.1f} s, same classes; unsure below {found['unsure_below']}"
+    )
 
 
 if __name__ == "__main__":

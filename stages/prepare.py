@@ -32,8 +32,12 @@ def sample_digits(images, labels, per_class: int = 8):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.prepare",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml", help="the params file (reads data.*)")
     parser.add_argument("--out", default="data/prepared", help="folder for the shards and meta.json")
     parser.add_argument("--samples", default="reports/samples.png", help="picture of a few training digits per class")
     args = parser.parse_args(argv)

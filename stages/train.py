@@ -38,8 +38,12 @@ def _scratch_outputs(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", default="params.yaml", help="the params file (reads model.* and train.*)")
     parser.add_argument("--data", default="data/prepared", help="prepared TFRecords (prepare's output)")
     parser.add_argument("--checkpoint", default="artifacts/checkpoint", help="where the best epoch is saved")
     parser.add_argument("--live", default="reports/train", help="DVCLive folder for the training curves")

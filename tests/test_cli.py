@@ -104,3 +104,39 @@ def test_run_turns_the_machines_errors_into_one_line(capsys, exc, line):
 def test_run_lets_a_bug_be_a_traceback(capsys):
     with pytest.raises(ZeroDivisionError):
         cli.run(lambda argv: 1 / 0, [])
+
+
+# --- every entry point's --help ------------------------------------------------------------------------
+
+ENTRY_POINTS = ("prepare", "train", "evaluate", "export", "predict", "score_saved_model")
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_help_shows_the_command_users_type_every_default_and_every_option_described(name, monkeypatch, capsys):
+    import argparse
+    import importlib
+
+    parsers = []
+    real_parse_args = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):
+        parsers.append(self)
+        return real_parse_args(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    module = importlib.import_module(f"stages.{name}")
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m stages.{name} "), text
+    [parser] = parsers
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{name}: {action.option_strings or action.dest} has no description"
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            shown = "%(default)" in action.help or issubclass(
+                parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter
+            )
+            assert shown and f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)

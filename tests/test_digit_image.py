@@ -110,3 +110,18 @@ def test_an_mnist_digit_comes_back_nearly_unchanged():
 def test_a_blank_picture_is_an_error(picture):
     with pytest.raises(cli.UserError, match="blank"):
         to_mnist(picture)
+
+
+def test_too_little_ink_is_not_a_digit():
+    speck = Image.new("L", (360, 240), 255)
+    speck.paste(0, (100, 100, 104, 104))  # one dark speck on a blank page
+    with pytest.raises(cli.UserError, match=r"too little ink to be a digit \(the ink spans 4x4 px of a 360x240"):
+        to_mnist(speck)
+
+
+def test_a_big_picture_is_shrunk_first_and_gives_nearly_the_same_digit():
+    from stages.lib.digit_image import MAX_SIDE, shrunk
+
+    big = drawing(scale=12.0, width=14 * 12)  # 4320 x 2880
+    assert max(shrunk(big).size) <= MAX_SIDE
+    assert np.abs(to_mnist(big).astype(int) - to_mnist(drawing())).mean() < 4

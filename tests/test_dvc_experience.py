@@ -7,8 +7,8 @@ Then results shared through a DVC remote (issue #7), in two more such repos (see
 Then the team's side (issue #13): the GitHub workflow's report script on a two-commit repo (and the model
 card's numbers and bytes), a sweep through DVC's queue, and the model registered as a GTO artifact, fetched
 with `dvc artifacts get` and used by `predict`.
-The Chromium test needs /usr/bin/chromium (or $CHROMIUM) and `npm ci` at the repo root; it is
-skipped, with the reason, when either is missing.
+The Chromium test needs /usr/bin/chromium (or $CHROMIUM), and is skipped, with the reason, without it;
+the Vega libraries come with the repo (.dvc/plots/vega/), so no Node, npm or network is involved.
 """
 
 import csv
@@ -38,7 +38,7 @@ VEGA_PLOTS = {  # div id DVC derives from the plot's title -> title
     "Confusion_matrix__test_": "Confusion matrix (test)",
 }
 IMAGES = ("confusion_matrix", "training_curves", "misclassified", "samples")  # reports/<name>.png
-VEGA_FILES = ("vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js")
+VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")  # in .dvc/plots/vega/, beside the template
 DVC_PURPLE = (0x94, 0x5D, 0xD6)  # colour of the `workspace` curves in DVC's plot templates
 
 
@@ -156,8 +156,9 @@ def _vega_specs(html: str) -> dict:
 def _check_page(out_dir, revs: list[str], exp):
     """The page in `out_dir` has the three Vega-Lite plots with the data of `revs`, and the PNGs of each."""
     html = (out_dir / "index.html").read_text()
-    for library in VEGA_FILES:  # the committed template: local Vega first, so the page works offline
-        assert f'<script src="../node_modules/{library}">' in html
+    for library in VEGA_FILES:  # the committed template: the Vega kept beside it, so the page works offline
+        assert f'<script src="../.dvc/plots/vega/{library}">' in html
+    assert "cdn.jsdelivr" not in html and "https://" not in html.split("<body>")[0]
     specs = _vega_specs(html)
     assert {div: spec["title"]["text"] for div, spec in specs.items()} == VEGA_PLOTS
 
@@ -228,8 +229,8 @@ def _chromium():
 
 
 def _headless(chromium, profile, page, *args):
-    """One headless Chromium run on a file:// page, with the network unreachable (the CDN scripts of
-    DVC's template fail at once, so only the local node_modules can draw the charts)."""
+    """One headless Chromium run on a file:// page, with the network unreachable (any CDN script would fail
+    at once, so only the Vega kept in .dvc/plots/vega/ can draw the charts)."""
     argv = [
         chromium,
         "--headless",
@@ -266,11 +267,7 @@ def test_plots_render_offline_in_chromium(exp, plots, tmp_path):
     chromium = _chromium()
     if chromium is None:
         pytest.skip("no Chromium (/usr/bin/chromium or $CHROMIUM): `apt-get install chromium` to run the render check")
-    if not all((REPO / "node_modules" / f).is_file() for f in VEGA_FILES):
-        pytest.skip("no Vega in node_modules: run `npm ci` at the repo root to run the render check")
-    link = exp.repo / "node_modules"
-    if not link.exists():
-        link.symlink_to(REPO / "node_modules", target_is_directory=True)  # ../node_modules from dvc_plots/
+    assert all((exp.repo / ".dvc/plots/vega" / f).is_file() for f in VEGA_FILES)  # copied with the repo
 
     for out_dir, revs in ((plots.show, 1), (plots.diff, 2)):
         dom = _headless(chromium, tmp_path / f"profile-{revs}", out_dir / "index.html", "--dump-dom")
@@ -742,3 +739,56 @@ def test_artifact_registered_fetched_and_used_for_predict(tmp_path):
     assert result["path"] == str(picture) and 0 <= result["class_id"] <= 9 and 0 < result["probability"] <= 1
     assert from_fetched.stdout == from_repo.stdout
     assert np.isfinite(result["probability"])
+
+
+# --- views that fit a terminal, and the way back to the committed state --------------------------------
+
+WIDTH = 120
+EXP_SHOW = [
+    "dvc",
+    "exp",
+    "show",
+    "--no-pager",
+    "--only-changed",
+    "--drop",
+    r"Created|Executor|.*/|val\.|test\.(loss|macro)",
+]
+RESTORE = (["git", "checkout", "--", "params.yaml", "dvc.lock", "reports/metrics.json"], ["dvc", "checkout"])
+
+
+def _fits(text: str) -> list[str]:
+    lines = text.splitlines()
+    assert lines and max(map(len, lines)) <= WIDTH, "\n" + text
+    return lines
+
+
+def test_views_fit_120_columns_after_two_experiments_and_a_queued_sweep(exp, monkeypatch):
+    """The README's commands after a second experiment (model.hidden_units) and a queued sweep: each line
+    of `dvc exp show` (the README's short form), `dvc metrics diff` fits 120 columns with test.accuracy and
+    the changed params; no DVCLive `step`. Then the README's restore recipe gives back the committed state."""
+    repo = exp.repo
+    monkeypatch.setenv("COLUMNS", str(WIDTH))
+    second = run(["dvc", "exp", "run", "-S", "model.hidden_units=[24]"], repo)
+    assert "Ran experiment" in second.stdout + second.stderr
+    run(["dvc", "exp", "run", "--queue", "-S", "train.learning_rate=0.002,0.004"], repo)
+    try:
+        shown = run(EXP_SHOW, repo).stdout
+        header = "\n".join(_fits(shown)[:3])
+        for column in ("Experiment", "test.accuracy", "train.learning_rate", "model.hidden_units", "State"):
+            assert column in header, shown
+        assert shown.count("Queued") == 2 and exp.name in shown, shown
+        assert "step" not in header and "stages/" not in shown, shown
+
+        diff = run(["dvc", "metrics", "diff", "HEAD", exp.name], repo).stdout
+        assert "test.accuracy" in "".join(_fits(diff)) and "step" not in diff, diff
+        shown_metrics = run(["dvc", "metrics", "show"], repo).stdout
+        assert "test.accuracy" in shown_metrics and "step" not in shown_metrics, shown_metrics
+        assert "reports/train" not in shown_metrics
+    finally:
+        run(["dvc", "queue", "remove", "--queued"], repo)
+    for argv in RESTORE:
+        run(argv, repo)
+    shutil.rmtree(repo / "dvc_plots_diff", ignore_errors=True)  # the plots tests' page, not the pipeline's
+    assert git(repo, "status", "--porcelain").stdout == ""
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    assert json.loads((repo / "reports/metrics.json").read_text()) == exp.baseline

@@ -292,3 +292,44 @@ def test_a_params_path_that_is_not_a_regular_file_is_named(tmp_path, kind):
     }
     with pytest.raises(params.ParamsError, match=rf"cannot read params file \({words[kind]}"):
         params.load(path)
+
+
+# --- params.yaml in the style `dvc exp run -S` writes ----------------------------------------------------
+
+
+def _other_value(value):
+    """A non-default value of the same kind, as a Hydra override writes it."""
+    if isinstance(value, bool):
+        return str(not value).lower()
+    if isinstance(value, (int, float)):
+        return str(value + 1)
+    if isinstance(value, list):
+        return "[" + ",".join(map(str, value[:-1] + [value[-1] + 1])) + "]"
+    return "elsewhere"  # str or None (an empty value)
+
+
+def test_dvc_exp_run_set_changes_exactly_one_line_of_params_yaml(tmp_path, monkeypatch):
+    """`dvc exp run -S key=value` rewrites params.yaml through DVC's apply_overrides (ruamel round trip): in
+    DVC's own style (block lists, empty values instead of null) the rewrite keeps every other line, comments
+    included, for every key, model.hidden_units too."""
+    import yaml
+    from conftest import REPO
+    from dvc.utils.hydra import apply_overrides
+
+    original = (REPO / "params.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(original)
+    apply_overrides(str(path), ["train.seed=" + str(yaml.safe_load(original)["train"]["seed"])])
+    assert path.read_text() == original, "params.yaml is not in the style DVC writes"
+
+    for section, values in yaml.safe_load(original).items():
+        for key, value in values.items():
+            path.write_text(original)
+            apply_overrides(str(path), [f"{section}.{key}={_other_value(value)}"])
+            before, after = original.splitlines(), path.read_text().splitlines()
+            assert len(after) == len(before), (section, key)
+            changed = [(a, b) for a, b in zip(before, after) if a != b]
+            assert len(changed) == 1, (section, key, changed)
+            comment = before[before.index(changed[0][0])].partition("#")[2]
+            assert not comment or changed[0][1].endswith("#" + comment), (section, key, changed)

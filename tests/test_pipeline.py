@@ -17,12 +17,14 @@ from conftest import (
     REPO,
     data_params_file,
     declared_paths,
+    git,
     idx_bytes,
     make_mnist,
     prepare_argv,
     run,
     sha256,
     tiny_repo,
+    tree_bytes,
     write_idx,
 )
 
@@ -273,7 +275,13 @@ def test_export_report_and_saved_model(pipeline, tf):
     repo, data, _ = pipeline
     report = json.loads((repo / "reports/export.json").read_text())
     metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert "reproduces_evaluate" not in report  # export fails unless it does: a constant said nothing
     assert report["test_accuracy_saved_model"] == report["test_accuracy_evaluate"] == metrics["test"]["accuracy"]
+    assert report["test_accuracy_tflite"] == metrics["test"]["accuracy"]
+    assert 0 < report["unsure_below"] < 1 and report["val_correct_flagged"] <= 0.03
+    folder = repo / "artifacts/saved_model"
+    assert json.loads((folder / "predict.json").read_text())["unsure_below"] == report["unsure_below"]
+    assert report["bytes"] == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
     serve = tf.saved_model.load(str(repo / "artifacts/saved_model")).signatures["serving_default"]
     out = serve(images=tf.constant(data.test_images))
@@ -365,3 +373,20 @@ def _explain_shard_difference(a: Path, b: Path, name: str) -> str:
             "between processes); it should call SerializeToString(deterministic=True)"
         )
     return f"bundled and {name}: the prepared examples differ"
+
+
+@pytest.mark.slow
+def test_forced_repro_gives_the_same_export_bytes_and_a_clean_clone(pipeline):
+    """Two `dvc repro --force` in a row: the same SavedModel bytes (fingerprint.pb included) and model.tflite,
+    dvc.lock unchanged, `git status --porcelain` empty once dvc.lock is committed."""
+    repo, _, _ = pipeline
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "after the first repro")
+    first = tree_bytes(repo, "artifacts/saved_model")
+    assert {f"artifacts/saved_model/{name}" for name in ("fingerprint.pb", "model.tflite", "predict.json")} <= set(
+        first
+    )
+    for _ in range(2):
+        run(["dvc", "repro", "--force"], repo)
+        assert tree_bytes(repo, "artifacts/saved_model") == first
+        assert git(repo, "status", "--porcelain").stdout == ""

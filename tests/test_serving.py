@@ -3,15 +3,21 @@ the fresh-process scorer export runs, and the tools that consume the SavedModel:
 saved_model_cli, TFLite, Keras 3, and the TF Serving REST request of docs/serving.md."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import REPO, drawing, make_split
+from PIL import Image
+
+from stages.lib import cli
+from stages.lib.digit_image import to_mnist
 
 pytestmark = pytest.mark.usefixtures("tf")
 
@@ -245,9 +251,13 @@ def test_predict_classifies_the_good_pictures_and_reports_each_bad_one_in_one_li
     not_image.write_text("not a picture\n")
     done = _predict(exported.folder, good, missing, not_image, "--json")
     assert done.returncode == 1
-    [line] = done.stdout.splitlines()
+    line, *failed = done.stdout.splitlines()
     result = json.loads(line)
-    assert set(result) == {"path", "class_id", "probability", "top3"}
+    assert [json.loads(f) for f in failed] == [
+        {"path": str(missing), "error": "not found"},
+        {"path": str(not_image), "error": "not an image (not a format Pillow reads)"},
+    ]
+    assert set(result) == {"path", "class_id", "probability", "top3", "unsure"}
     assert result["path"] == str(good) and 0 <= result["class_id"] <= 9 and 0 < result["probability"] <= 1
     assert len(result["top3"]) == 3 and result["top3"][0] == [result["class_id"], result["probability"]]
     assert [p for _, p in result["top3"]] == sorted((p for _, p in result["top3"]), reverse=True)
@@ -263,3 +273,258 @@ def test_predict_without_a_saved_model_says_how_to_make_one(tmp_path):
     done = _predict(tmp_path / "nowhere", tmp_path / "good.png")
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"error: {tmp_path / 'nowhere'}: not found; run `dvc repro export`"]
+
+
+# --- byte-identical export, the TFLite copy, the unsure threshold ----------------------------------------
+
+
+def test_stable_fingerprint_derives_the_uuid_from_the_content_and_loads(exported, tf, tmp_path):
+    import shutil
+
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    from stages.lib import serving
+
+    def uuid_of(path):
+        return fingerprint_pb2.FingerprintDef.FromString((path / "fingerprint.pb").read_bytes()).uuid
+
+    folder = exported.folder
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    random_uuid = uuid_of(copy)
+    uuid = serving.stable_fingerprint(copy)
+    assert uuid != random_uuid and len(uuid) == 36
+    first = (copy / "fingerprint.pb").read_bytes()
+    assert serving.stable_fingerprint(copy) == uuid and (copy / "fingerprint.pb").read_bytes() == first
+    read = tf.saved_model.experimental.read_fingerprint(str(copy))  # what saved_model_cli reads
+    assert uuid_of(copy) == uuid
+    assert read.saved_model_checksum == tf.saved_model.experimental.read_fingerprint(str(folder)).saved_model_checksum
+    images = _images(5)
+    served = tf.saved_model.load(str(copy)).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_array_equal(
+        served["class_ids"].numpy(),
+        exported.loaded.signatures["serving_default"](images=tf.constant(images))["class_ids"].numpy(),
+    )
+
+
+def test_the_tflite_copy_is_deterministic_and_matches_the_signature(exported, tf):
+    from stages.lib import lite, serving
+
+    loaded, folder = exported.loaded, exported.folder
+    first = serving.to_tflite(folder)
+    assert serving.to_tflite(folder) == first
+    path = folder / lite.TFLITE_NAME
+    path.write_bytes(first)
+    images = _images(300, seed=9)
+    expected = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    got = lite.LiteModel(path).probabilities(images, batch_size=128)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_the_unsure_threshold_flags_at_most_the_chosen_share_of_correct_answers():
+    from stages.lib.serving import confidence_threshold
+
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.1, 1.0, 1000)
+    correct = confidence > rng.uniform(0, 0.6, 1000)
+    threshold = confidence_threshold(confidence, correct, max_flagged_correct=0.02)
+    assert np.mean(confidence[correct] < threshold) <= 0.02 + 1e-3
+    assert np.mean(confidence[~correct] < threshold) > np.mean(confidence[correct] < threshold)
+
+
+# --- the light runtime, the unsure flag, what the model saw ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_with_tflite(exported):
+    """The exported folder with the model.tflite export writes beside the SavedModel (what predict runs)."""
+    from stages.lib import lite, serving
+
+    path = exported.folder / lite.TFLITE_NAME
+    if not path.is_file():
+        path.write_bytes(serving.to_tflite(exported.folder))
+    return exported.folder
+
+
+def _pictures(tmp_path) -> list[Path]:
+    """The pictures of these tests as files: drawings in several styles."""
+    styles = [
+        drawing(),
+        drawing(paper=0, ink=255),
+        drawing(size=(900, 300)),
+        drawing(scale=3.0),
+        drawing(speck=True),
+        drawing(scale=5.0, width=2),
+        drawing().rotate(90, expand=True, fillcolor=255),
+        drawing().convert("RGB"),
+    ]
+    paths = []
+    for i, picture in enumerate(styles):
+        paths.append(tmp_path / f"p{i}.png")
+        picture.save(paths[-1])
+    return paths
+
+
+def test_the_tflite_copy_gives_the_saved_models_classes_without_tensorflow(exported_with_tflite, tmp_path, tf):
+    """predict runs model.tflite in LiteRT: same classes as the SavedModel on the predict tests' pictures, and
+    TensorFlow is never imported on that path."""
+    paths = _pictures(tmp_path)
+    pictures = np.stack([to_mnist(Image.open(p)) for p in paths])
+    serve = tf.saved_model.load(str(exported_with_tflite)).signatures["serving_default"]
+    expected = serve(images=tf.constant(pictures))["class_ids"].numpy()
+    code = (
+        "import sys, runpy; sys.argv = ['predict', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('stages.predict', run_name='__main__')\n"
+        "finally:\n"
+        "    print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(exported_with_tflite), *map(str, paths), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "no tensorflow"
+    assert [json.loads(line)["class_id"] for line in done.stdout.splitlines()] == expected.tolist()
+
+
+def test_answers_below_the_threshold_are_flagged_unsure(exported_with_tflite, tmp_path):
+    from stages.lib import lite
+    from stages.predict import report_lines
+
+    probs = np.array([[0.01, 0.011, 0, 0, 0, 0, 0, 0.979, 0, 0], [0.3, 0.25, 0.45, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+    lines = report_lines(["a.png", "b.png"], probs, as_json=False, unsure_below=0.7)
+    assert lines == [
+        "a.png: 7 (97.9%), runner-up 1 (1.1%)",
+        "b.png: 2 (45.0%), runner-up 0 (30.0%), unsure (confidence below 70%)",
+    ]
+    assert [json.loads(x)["unsure"] for x in report_lines(["a", "b"], probs, True, 0.7)] == [False, True]
+
+    model = tmp_path / "saved_model"
+    shutil.copytree(exported_with_tflite, model)
+    good = tmp_path / "good.png"
+    drawing().save(good)
+    (model / lite.SETTINGS_NAME).write_text(json.dumps({"unsure_below": 1.01}))  # everything is unsure
+    done = _predict(model, good, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["unsure"] is True, done.stderr
+    (model / lite.SETTINGS_NAME).write_text(json.dumps({"unsure_below": 0.0}))
+    assert json.loads(_predict(model, good, "--json").stdout)["unsure"] is False
+
+
+def test_save_input_writes_the_28x28_pictures_the_model_saw(exported_with_tflite, tmp_path):
+    paths = _pictures(tmp_path)[:3]
+    (tmp_path / "again").mkdir()
+    drawing(paper=0, ink=255).save(tmp_path / "again" / "p0.png")  # the same name as the first
+    done = _predict(exported_with_tflite, *paths, tmp_path / "again" / "p0.png", "--save-input", tmp_path / "seen")
+    assert done.returncode == 0, done.stderr
+    saved = sorted(p.name for p in (tmp_path / "seen").iterdir())
+    assert saved == ["p0-2.png", "p0.png", "p1.png", "p2.png"]
+    for path in paths:
+        seen = np.asarray(Image.open(tmp_path / "seen" / path.name))
+        assert seen.shape == (28, 28) and seen.dtype == np.uint8
+        assert np.array_equal(seen, to_mnist(Image.open(path)))
+
+
+# --- hostile inputs ------------------------------------------------------------------------------------
+
+
+def test_too_little_ink_is_reported_not_classified(exported_with_tflite, tmp_path):
+    speck = Image.new("L", (360, 240), 255)
+    speck.paste(0, (100, 100, 104, 104))  # one dark speck on a blank page
+    speck.save(tmp_path / "speck.png")
+    with pytest.raises(cli.UserError, match="too little ink to be a digit"):
+        to_mnist(speck)
+    done = _predict(exported_with_tflite, tmp_path / "speck.png", "--json")
+    assert done.returncode == 1
+    [record] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record == {
+        "path": str(tmp_path / "speck.png"),
+        "error": "too little ink to be a digit (the ink spans 4x4 px of a 360x240 picture)",
+    }
+    assert done.stderr.splitlines() == [f"error: {tmp_path / 'speck.png'}: {record['error']}"]
+
+
+def test_every_input_gets_one_json_record_and_names_stay_on_one_line(exported_with_tflite, tmp_path):
+    """Not-UTF-8 bytes and newlines in names are escaped; failed inputs get an `error` record, in order."""
+    odd = os.fsdecode(bytes(tmp_path) + b"/bad\xffname\nline.png")
+    drawing().save(odd)
+    blank = tmp_path / "blank.png"
+    Image.new("L", (50, 50), 255).save(blank)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.predict", str(exported_with_tflite), odd, str(blank), "missing.png", "--json"],
+        cwd=REPO,
+        capture_output=True,
+    )
+    assert done.returncode == 1
+    lines = done.stdout.decode("ascii").splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert records[0]["path"] == f"{tmp_path}/bad\\xffname\\nline.png" and "class_id" in records[0]
+    assert records[1] == {"path": str(blank), "error": "blank: no ink stands out from the background"}
+    assert records[2] == {"path": "missing.png", "error": "not found"}
+    errors = done.stderr.decode("ascii").splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
+    text = _predict(exported_with_tflite, odd).stdout.splitlines()
+    assert len(text) == 1 and text[0].startswith(f"{tmp_path}/bad\\xffname\\nline.png: ")
+
+
+def _limited_predict(model, *paths):
+    """predict under a 10 s timeout, with its peak RSS (ru_maxrss of the child) in bytes."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run([sys.executable, '-m', 'stages.predict', *sys.argv[1:]], capture_output=True, text=True,"
+        " timeout=10)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+        "sys.stderr.write(done.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model), *map(str, paths)], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert "TimeoutExpired" not in done.stderr, done.stderr
+    returncode, rss = map(int, done.stdout.split())
+    return returncode, rss, done.stderr.splitlines()
+
+
+def test_a_huge_picture_is_refused_before_decoding(exported_with_tflite, tmp_path):
+    """A 13,000 x 13,000 PNG (under 200 KB on disk) and one just above our limit: refused from the header."""
+    from stages.lib.digit_image import MAX_PIXELS
+
+    huge, above = tmp_path / "huge.png", tmp_path / "above.png"
+    Image.new("L", (13_000, 13_000), 255).save(huge)
+    Image.new("1", (MAX_PIXELS // 4000 + 1, 4000), 1).save(above)
+    returncode, rss, errors = _limited_predict(exported_with_tflite, huge, above)
+    assert returncode == 1 and rss < 1.5e9, (returncode, rss)
+    assert errors == [
+        f"error: {huge}: too big: 13000x13000 pixels, more than 36 megapixels (scale it down first)",
+        f"error: {above}: too big: {MAX_PIXELS // 4000 + 1}x4000 pixels, more than 36 megapixels (scale it down first)",
+    ]
+
+
+def test_only_regular_files_are_opened(exported_with_tflite, tmp_path):
+    """A FIFO, a socket, a folder, /dev/zero, a broken and a looping link: one line each saying what it is."""
+    import socket
+
+    fifo, sock, loop, broken = tmp_path / "fifo", tmp_path / "s.sock", tmp_path / "loop", tmp_path / "broken"
+    os.mkfifo(fifo)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock))
+    loop.symlink_to(loop)
+    broken.symlink_to(tmp_path / "nowhere")
+    try:
+        returncode, rss, errors = _limited_predict(
+            exported_with_tflite, fifo, sock, tmp_path, "/dev/zero", broken, loop
+        )
+    finally:
+        server.close()
+    assert returncode == 1 and rss < 1.5e9
+    assert errors == [
+        f"error: {fifo}: not a regular file but a FIFO (named pipe)",
+        f"error: {sock}: not a regular file but a socket",
+        f"error: {tmp_path}: not a regular file but a folder",
+        "error: /dev/zero: not a regular file but a character device",
+        f"error: {broken}: a broken symbolic link",
+        f"error: {loop}: cannot read it (too many levels of symbolic links)",
+    ]

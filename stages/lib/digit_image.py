@@ -17,6 +17,10 @@ THIN_STROKE = 1.5  # strokes thinner than this (a pen on a big picture) are wide
 THICK_STROKE = 4.0  # ... and strokes thicker than this thinned to it
 GRAIN = 3.0  # the paper's level is raised by this many standard deviations of its grain, so grain is not ink
 SPECK = 0.1  # a piece of ink with less than this share of the biggest piece's ink is dust, not digit
+MIN_INK_SHARE = 0.04  # the ink must span at least this share of the picture's longer side ...
+MIN_INK_PX = 4  # ... and at least this many pixels, or it is too little ink to be a digit
+MAX_PIXELS = 36_000_000  # pictures above this (e.g. 6000x6000) are refused before decoding; Pillow's limit is 89M
+MAX_SIDE = 2048  # bigger pictures are first shrunk by an integer factor (box average) to at most this, bounding memory
 
 
 def box_mean(a: np.ndarray) -> np.ndarray:
@@ -179,11 +183,32 @@ def centred(digit: np.ndarray) -> np.ndarray:
     return field
 
 
+def shrunk(image: Image.Image) -> Image.Image:
+    """`image` box-averaged by the smallest integer factor that brings its longer side to MAX_SIDE or less
+    (a 6000x6000 photo would otherwise need ~1.5 GB of float arrays below); smaller pictures unchanged."""
+    factor = -(-max(image.size) // MAX_SIDE)
+    if factor <= 1:
+        return image
+    exif = image.getexif()
+    try:
+        small = image.reduce(factor)
+    except ValueError:  # modes reduce() does not take (P, 1, CMYK, ...)
+        small = image.convert("RGBA").reduce(factor)
+    small.info["exif"] = exif.tobytes()  # keep the orientation for exif_transpose
+    return small
+
+
 def to_mnist(image: Image.Image) -> np.ndarray:
-    """Any picture of one digit -> uint8 (28, 28), MNIST style. Raises UserError for a blank picture."""
+    """Any picture of one digit -> uint8 (28, 28), MNIST style. Raises UserError for a blank picture or one
+    with too little ink to be a digit (a speck on a blank page)."""
+    image = shrunk(image)
     ink = without_specks(ink_on_black(grayscale(image)))
     ink = ink[ink_box(ink)]
     h, w = ink.shape
+    if max(h, w) < max(MIN_INK_PX, MIN_INK_SHARE * max(image.size)):
+        raise cli.UserError(
+            f"too little ink to be a digit (the ink spans {w}x{h} px of a {image.width}x{image.height} picture)"
+        )
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     stroke = stroke_width(ink) * scale
