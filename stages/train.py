@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     strategy = distribution.make_strategy(p.train.strategy, p.train.cpu_replicas)  # before any other TF work
     if not distribution.is_chief(strategy):  # every worker trains; only the chief writes the outputs
         args = _scratch_outputs(args)
-    tf.keras.utils.set_random_seed(p.train.seed)
+    tf.random.set_seed(p.train.seed)  # what tf.keras.utils.set_random_seed does for TF, without importing Keras
     tf.config.experimental.enable_op_determinism()
     imported = time.perf_counter()
     train_data = records.read_split(args.data, "train")
