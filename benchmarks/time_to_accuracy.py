@@ -29,7 +29,7 @@ START = time.time()
 THRESHOLDS = (0.979, 0.985, 0.990)
 PRESETS = {
     "stage defaults": [],
-    "speed preset": ["train.epochs=3", "train.batch_size=256", "train.learning_rate=0.002"],
+    "speed preset": ["train.epochs=3"],
     "augment preset": ["model.deskew=false", "train.augment_shift=2", "train.epochs=12"],
 }
 
