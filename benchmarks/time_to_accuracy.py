@@ -132,29 +132,7 @@ def first_reaching(epochs: list[dict], threshold: float):
     return next((e for e in epochs if e["val"] >= threshold), None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="data/prepared")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", help="contenders to run (default: all)")
-    parser.add_argument("--child", choices=["stage", "keras"], help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("-S", dest="overrides", action="append", default=[], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child == "stage":
-        return child_stage(args.params, args.data, args.overrides, args.seed)
-    if args.child == "keras":
-        return child_keras(args.data, args.seed)
-
-    names = args.only or [*PRESETS, "guide-style loop", "keras fit"]
-    runs = {name: [] for name in names}
-    for seed in args.seeds:
-        for name in names:
-            epochs = launch(name, args, seed)
-            runs[name].append(epochs)
-            curve = "  ".join(f"{e['epoch']}:{e['elapsed']:.1f}s/{e['val']:.4f}" for e in epochs)
-            print(f"seed {seed} {name}: {curve}", flush=True)
+def summarize(names: list[str], runs: dict) -> None:
     print("\n| contender | " + " | ".join(f"val ≥ {t:.1%}: s (test)" for t in THRESHOLDS) + " |")
     print("|---|" + "---|" * len(THRESHOLDS))
     medians = {}
@@ -176,6 +154,32 @@ def main() -> None:
         for name in names:
             if base and (name, t) in medians and name != "guide-style loop":
                 print(f"val ≥ {t:.1%}: {name} {base / medians[name, t]:.2f}× sooner than the guide-style loop")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/prepared")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", help="contenders to run (default: all)")
+    parser.add_argument("--child", choices=["stage", "keras"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "stage":
+        return child_stage(args.params, args.data, args.overrides, args.seed)
+    if args.child == "keras":
+        return child_keras(args.data, args.seed)
+
+    names = args.only or [*PRESETS, "guide-style loop", "keras fit"]
+    runs = {name: [] for name in names}
+    for seed in args.seeds:
+        for name in names:
+            epochs = launch(name, args, seed)
+            runs[name].append(epochs)
+            curve = "  ".join(f"{e['epoch']}:{e['elapsed']:.1f}s/{e['val']:.4f}/{e['test']:.4f}" for e in epochs)
+            print(f"seed {seed} {name} (epoch:seconds/val/test): {curve}", flush=True)
+        summarize(names, runs)  # after every seed, so an interrupted run still reports
 
 
 if __name__ == "__main__":
