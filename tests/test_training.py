@@ -272,7 +272,7 @@ def test_trainer_has_the_same_compiled_functions_whatever_the_replica_count(data
     from stages.lib import distribution, training
     from stages.lib.model import MLP
 
-    p = make_params(**{**TINY, "train__jit_compile": False})
+    p = make_params(**{**TINY_TRAIN, "train__jit_compile": False})
     train_x, train_y = data[0]
     compiled = {}
     for name, strategy in (("one", tf.distribute.get_strategy()), ("two", distribution.make_strategy("mirrored", 2))):
@@ -296,7 +296,7 @@ def test_run_prepares_inputs_once_as_the_step_would(data):
     from stages.lib import training
     from stages.lib.model import MLP
 
-    p = make_params(**{**TINY, "model__deskew": True, "train__jit_compile": False})
+    p = make_params(**{**TINY_TRAIN, "model__deskew": True, "train__jit_compile": False})
     images, labels = data[0][0][:32], data[0][1][:32]
     model = MLP(p.model.hidden_units, seed=p.train.seed, deskew=True)
     inputs = training.model_inputs(model, images, batch_size=10)
