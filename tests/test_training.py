@@ -256,3 +256,66 @@ def test_a_deskewing_model_trains_on_deskewed_images(data, jit_compile):
     assert abs(float(deskewed) - float(plain)) > 1e-3  # the two preprocessings are told apart
     loss, _ = trainer.step(tf.constant(images), tf.constant(labels), tf.constant([0, 1], tf.int64))
     assert float(loss) == pytest.approx(float(deskewed), abs=1e-5)
+
+
+def _compiled_functions(trainer) -> dict:
+    import tensorflow as tf
+
+    return {name: type(f) for name, f in vars(trainer).items() if isinstance(f, tf.types.experimental.GenericFunction)}
+
+
+def test_trainer_has_the_same_compiled_functions_whatever_the_replica_count(data):
+    """One device and two mirrored replicas build the same compiled functions (step, gradients, update,
+    steps); each path calls the ones it needs, and both train."""
+    import tensorflow as tf
+
+    from stages.lib import distribution, training
+    from stages.lib.model import MLP
+
+    p = make_params(**{**TINY_TRAIN, "train__jit_compile": False})
+    train_x, train_y = data[0]
+    compiled = {}
+    for name, strategy in (("one", tf.distribute.get_strategy()), ("two", distribution.make_strategy("mirrored", 2))):
+        dataset = training.batches(train_x, train_y, 32, p.train.seed)
+        with strategy.scope():
+            model = MLP(p.model.hidden_units, seed=p.train.seed)
+            trainer = training.Trainer(model, p.train, 32, len(train_y) // 32, dataset, strategy)
+        assert trainer.strategy.num_replicas_in_sync == {"one": 1, "two": 2}[name]
+        losses, _ = trainer.steps(tf.constant(2, tf.int32))
+        assert np.all(np.isfinite(losses.numpy())) and int(trainer.optimizer.iterations.numpy()) == 2
+        compiled[name] = _compiled_functions(trainer)
+    assert set(compiled["one"]) == {"step", "gradients", "update", "steps"}
+    assert compiled["one"] == compiled["two"]
+
+
+def test_run_prepares_inputs_once_as_the_step_would(data):
+    """run() deskews the training and validation images once (model_inputs); the step on those inputs
+    computes what it computes when it prepares uint8 images itself."""
+    import tensorflow as tf
+
+    from stages.lib import training
+    from stages.lib.model import MLP
+
+    p = make_params(**{**TINY_TRAIN, "model__deskew": True, "train__jit_compile": False})
+    images, labels = data[0][0][:32], data[0][1][:32]
+    model = MLP(p.model.hidden_units, seed=p.train.seed, deskew=True)
+    inputs = training.model_inputs(model, images, batch_size=10)
+    assert inputs.dtype == np.float32 and inputs.shape == (32, 784)
+    np.testing.assert_allclose(inputs, model.inputs(images).numpy(), rtol=0, atol=1e-5)  # batch size: last bits
+    seed = tf.constant([0, 1], tf.int64)
+    results = []
+    for batch in (images, inputs):
+        dataset = training.batches(batch, labels, 32, p.train.seed)
+        trainer = training.Trainer(MLP(p.model.hidden_units, seed=0, deskew=True), p.train, 32, 1, dataset)
+        results.append(float(trainer.step(tf.constant(batch), tf.constant(labels), seed)[0]))
+    assert results[0] == pytest.approx(results[1], abs=1e-5)
+
+
+def test_patience_stops_when_validation_stops_improving(data):
+    """With a learning rate too small to move any prediction, validation accuracy never improves after
+    epoch 1: patience 1 stops after epoch 2 and keeps epoch 1; patience 0 runs every epoch."""
+    _, result, records = _run(data, train__epochs=6, train__patience=1, train__learning_rate=1e-12)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert result.best_epoch == 1
+    _, result, records = _run(data, train__epochs=3, train__patience=0, train__learning_rate=1e-12)
+    assert [r["epoch"] for r in records] == [1, 2, 3]

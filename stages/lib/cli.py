@@ -132,12 +132,18 @@ def import_tensorflow():
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
+    # `import tensorflow` eagerly imports Keras (keras.src.optimizers, and through it scikit-learn), which
+    # no stage uses: blocking that one import (TensorFlow skips it on ImportError) saves ~40% of the
+    # import's time and ~125 MB per process. `tf.keras` still loads on first use.
+    blocked = sys.modules.setdefault("keras.src.optimizers", None) is None
     try:
         os.dup2(devnull, 2)
         import tensorflow
 
         tensorflow.config.list_physical_devices()  # device discovery logs "failed call to cuInit" on CPU-only machines
     finally:
+        if blocked and sys.modules.get("keras.src.optimizers", 0) is None:
+            del sys.modules["keras.src.optimizers"]
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)

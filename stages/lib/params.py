@@ -93,6 +93,7 @@ class TrainParams(Section):
     max_norm: Number = Field(ge=0.0, le=1e6)
     augment_shift: int = Field(ge=0, le=8)
     ema_decay: Fraction
+    patience: int = Field(ge=0, le=10_000)
     steps_per_call: int = Field(ge=1, le=MAX_INT)
     jit_compile: bool
     strategy: Literal["default", "mirrored", "multi_worker"]

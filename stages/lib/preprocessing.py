@@ -59,3 +59,19 @@ def _bilinear(x: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
             pixels = tf.reshape(tf.gather(flat, index, batch_dims=1), tf.shape(rows))
             out += tf.where(inside, weight_r * weight_c * pixels, 0.0)
     return out
+
+
+# Model inputs computed once per run (training's deskewed images) are kept as 16-bit fixed point: half
+# the memory of float32 (50,000 images: 78 MB, not 157 MB) at an error of at most 1 / 131070 = 7.6e-6,
+# the size of the difference between XLA's and TensorFlow's own deskewing (7.2e-6 measured).
+PACKED_SCALE = 65535.0
+
+
+def pack_inputs(x: tf.Tensor) -> tf.Tensor:
+    """float32 model inputs in [0, 1] -> uint16 fixed point (deskewing's bilinear weights keep pixels in [0, 1])."""
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * PACKED_SCALE), tf.uint16)
+
+
+def unpack_inputs(packed: tf.Tensor) -> tf.Tensor:
+    """uint16 fixed point (`pack_inputs`) -> float32 model inputs."""
+    return tf.cast(packed, tf.float32) / PACKED_SCALE
