@@ -1240,7 +1240,7 @@ def _set_test_file(name_of):
     return edit
 
 
-def _replace(path_of, make):
+def _damage_at(path_of, make):
     def damage(root: Path):
         path = path_of(root)
         return path, make(path)
@@ -1302,12 +1302,12 @@ HOSTILE_PREPARED = [
     ),
     ("split-missing", _meta_edit(lambda meta, root: meta["splits"].pop("test")), "no 'test' split listed"),
     ("split-unknown", _meta_edit(lambda meta, root: meta["splits"].update(extra={})), "splits are"),
-    ("meta-a-list", _replace(_meta_path, _write_text("[1, 2, 3]\n")), "not schema version"),
-    ("meta-nested-deeply", _replace(_meta_path, _write_text("[" * 200_000)), "unreadable"),
-    ("meta-sparse-200MB", _replace(_meta_path, _sparse), "too large"),
-    *[(f"meta-{name}", _replace(_meta_path, make), words) for name, make, words in NOT_REGULAR],
+    ("meta-a-list", _damage_at(_meta_path, _write_text("[1, 2, 3]\n")), "not schema version"),
+    ("meta-nested-deeply", _damage_at(_meta_path, _write_text("[" * 200_000)), "unreadable"),
+    ("meta-sparse-200MB", _damage_at(_meta_path, _sparse), "too large"),
+    *[(f"meta-{name}", _damage_at(_meta_path, make), words) for name, make, words in NOT_REGULAR],
     *[
-        (f"shard-{name}", _replace(lambda root: _shards(root, "test")[0], make), words)
+        (f"shard-{name}", _damage_at(lambda root: _shards(root, "test")[0], make), words)
         for name, make, words in NOT_REGULAR
         if name in ("fifo", "directory", "dev-zero")  # (a socket's path would be too long for AF_UNIX)
     ],
@@ -1369,16 +1369,16 @@ def _model_json(root: Path) -> Path:
 HOSTILE_CHECKPOINT = [
     (
         "model-json-many-layers",
-        _replace(_model_json, _write_text(json.dumps({"hidden_units": [1] * 100_000}))),
+        _damage_at(_model_json, _write_text(json.dumps({"hidden_units": [1] * 100_000}))),
         "does not match the checkpoint",
     ),
-    ("model-json-sparse-200MB", _replace(_model_json, _sparse), "too large"),
-    *[(f"model-json-{name}", _replace(_model_json, make), words) for name, make, words in NOT_REGULAR],
+    ("model-json-sparse-200MB", _damage_at(_model_json, _sparse), "too large"),
+    *[(f"model-json-{name}", _damage_at(_model_json, make), words) for name, make, words in NOT_REGULAR],
 ]
 # TensorFlow's own reader would block in C++ on these, where no alarm reaches: run as subprocesses.
 HOSTILE_CHECKPOINT_FILES = [
-    ("ckpt-index-fifo", _replace(lambda root: root / CHECKPOINT / "ckpt.index", _fifo), "a FIFO"),
-    ("ckpt-data-dev-zero", _replace(_ckpt_data, lambda path: _link(path, "/dev/zero")), "a character device"),
+    ("ckpt-index-fifo", _damage_at(lambda root: root / CHECKPOINT / "ckpt.index", _fifo), "a FIFO"),
+    ("ckpt-data-dev-zero", _damage_at(_ckpt_data, lambda path: _link(path, "/dev/zero")), "a character device"),
 ]
 
 
