@@ -94,7 +94,9 @@ def test_most_frequent_confusions_in_order_ties_by_digits():
 def test_params_data_pictures_and_limits_are_on_the_card():
     card = _card()
     params = dict(_table(card, "Params that define the model"))
-    assert params["`model.hidden_units`"] == "`[800, 800]`" and params["`train.learning_rate`"] == "`0.001`"
+    defaults = base_params()
+    assert params["`model.hidden_units`"] == f"`{defaults['model']['hidden_units']}`"
+    assert params["`train.learning_rate`"] == f"`{defaults['train']['learning_rate']}`"
     assert "`train.jit_compile`" not in params  # an execution setting, not the model
     assert META["fingerprint"] in card and "source: `bundled` (verified" in card
     assert "- [confusion matrix (test)](confusion_matrix.png)" in card
