@@ -756,6 +756,17 @@ EXP_SHOW = [
 RESTORE = (["git", "checkout", "--", "params.yaml", "dvc.lock", "reports/metrics.json"], ["dvc", "checkout"])
 
 
+def test_the_views_test_runs_the_readmes_commands():
+    """EXP_SHOW and RESTORE are the README's own commands (so the test below checks what users type)."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    exp_show = next(line for line in readme.splitlines() if line.startswith("dvc exp show --only-changed"))
+    assert shlex.split(exp_show, comments=True) == [a for a in EXP_SHOW if a != "--no-pager"]
+    recipe = " ".join(readme.split("`git checkout -- params.yaml", 1)[1].split("`", 1)[0].split())
+    assert f"params.yaml {recipe}" == " ".join(RESTORE[0][3:]) + " && " + " ".join(RESTORE[1])
+
+
 def _fits(text: str) -> list[str]:
     lines = text.splitlines()
     assert lines and max(map(len, lines)) <= WIDTH, "\n" + text
