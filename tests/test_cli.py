@@ -1,10 +1,13 @@
 """What every entry point shares: the XLA flags it adds before TensorFlow starts."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from stages.lib import cli
+from conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -104,6 +107,34 @@ def test_run_turns_the_machines_errors_into_one_line(capsys, exc, line):
 def test_run_lets_a_bug_be_a_traceback(capsys):
     with pytest.raises(ZeroDivisionError):
         cli.run(lambda argv: 1 / 0, [])
+
+
+@pytest.mark.parametrize(
+    "body, code, err",
+    [
+        ("pass", 0, ""),
+        ("raise cli.ParamsError('params.yaml: bad')", 2, "error: params.yaml: bad\n"),
+        ("raise SystemExit(0)", 0, ""),  # argparse's --help
+        ("raise KeyboardInterrupt", 130, "error: interrupted\n"),
+    ],
+    ids=["returns", "user-error", "help", "interrupted"],
+)
+def test_run_process_ends_with_mains_code_after_flushing_and_the_atexit_handlers(tmp_path, body, code, err):
+    marker = tmp_path / "atexit-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        "from stages.lib import cli\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "def main(argv):\n"
+        "    print('buffered, no newline', end='')\n"  # still in the buffer when the process ends
+        f"    {body}\n"
+        "cli.run_process(main)\n"
+        "print('not reached')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # so the print stays buffered
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (code, "buffered, no newline", err)
+    assert marker.read_text() == "yes"
 
 
 # --- every entry point's --help ------------------------------------------------------------------------

@@ -374,10 +374,10 @@ def test_the_tflite_copy_gives_the_saved_models_classes_without_tensorflow(expor
     serve = tf.saved_model.load(str(exported_with_tflite)).signatures["serving_default"]
     expected = serve(images=tf.constant(pictures))["class_ids"].numpy()
     code = (
-        "import sys, runpy; sys.argv = ['predict', *sys.argv[1:]]\n"
-        "try:\n    runpy.run_module('stages.predict', run_name='__main__')\n"
-        "finally:\n"
-        "    print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow', file=sys.stderr)\n"
+        "import atexit, sys, runpy; sys.argv = ['predict', *sys.argv[1:]]\n"
+        "atexit.register(lambda: print('tensorflow imported' if 'tensorflow' in sys.modules else 'no tensorflow',"
+        " file=sys.stderr))\n"  # cli.run_process ends the process, after the atexit handlers
+        "runpy.run_module('stages.predict', run_name='__main__')\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(exported_with_tflite), *map(str, paths), "--json"],

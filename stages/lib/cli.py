@@ -4,6 +4,7 @@ Also the one way to open an input file: only a regular file (a FIFO would block 
 or /dev/zero would mislead), read only up to the size it may have, so a hostile path ends in one line.
 """
 
+import atexit
 import errno
 import os
 import stat
@@ -208,3 +209,24 @@ def run(main, argv=None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def run_process(main) -> None:
+    """`run(main)` as a whole process (`python -m stages.<name>`), ended at once when main returns or
+    exits: with TensorFlow loaded, the interpreter's own teardown takes ~2 s per process (measured,
+    benchmarks/RESULTS.md) and does nothing a stage needs. The atexit handlers still run and the output
+    is flushed; a traceback still ends the normal way."""
+    try:
+        run(main)
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # sys.exit("message"), as argparse does not but others may
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach the reader
+            pass
+    os._exit(code)

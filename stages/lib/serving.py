@@ -46,13 +46,20 @@ def serving_probabilities(serve, images: np.ndarray, batch_size: int = 1000) -> 
     )
 
 
+def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """{"accuracy", "errors", "count"} of the signature's probabilities on one split."""
+    predicted = probabilities.argmax(axis=1)
+    return {
+        "accuracy": round(float(np.mean(predicted == labels)), 6),
+        "errors": int(np.sum(predicted != labels)),
+        "count": len(labels),
+    }
+
+
 def score_test_split(saved_model: str, data: str, batch_size: int = 1000) -> dict:
     """Load `saved_model` and score its serving_default signature on the prepared test split."""
     images, labels = records.read_split(data, "test")
-    serve = load_serving(saved_model)
-    predicted = serving_probabilities(serve, images, batch_size).argmax(axis=1)
-    errors = int(np.sum(predicted != labels))
-    return {"accuracy": round(float(np.mean(predicted == labels)), 6), "errors": errors, "count": len(labels)}
+    return scores(serving_probabilities(load_serving(saved_model), images, batch_size), labels)
 
 
 def stable_fingerprint(folder) -> str:
@@ -84,23 +91,17 @@ def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, max_flagge
     return round(float(np.quantile(confidence[correct], max_flagged_correct)), 4) if correct.any() else 0.0
 
 
-def check_export(saved_model: str, data: str, tflite: str | None = None) -> dict:
-    """Score the SavedModel on the test split; with `tflite`, also count the test images whose class the
-    TFLite copy gives differently, and choose the unsure threshold on the validation split (with the TFLite
-    copy, which is what predict runs)."""
+def check_tflite(tflite: str, data: str, reference: np.ndarray) -> dict:
+    """The TFLite copy (what predict runs) against the SavedModel's probabilities `reference` on the test
+    split: its accuracy, the test images it classes differently, the largest probability difference; and
+    the unsure threshold, chosen on the validation split with the TFLite copy."""
     from stages.lib import lite
 
-    if tflite is None:
-        return score_test_split(saved_model, data)
-    images, labels = records.read_split(data, "test")
-    reference = serving_probabilities(load_serving(saved_model), images)
     runner = lite.LiteModel(tflite)
+    images, labels = records.read_split(data, "test")
     probabilities = runner.probabilities(images)
     found = {
-        "accuracy": round(float(np.mean(reference.argmax(1) == labels)), 6),
-        "errors": int(np.sum(reference.argmax(1) != labels)),
-        "count": len(labels),
-        "tflite_test_accuracy": round(float(np.mean(probabilities.argmax(1) == labels)), 6),
+        "tflite_test_accuracy": scores(probabilities, labels)["accuracy"],
         "tflite_test_disagreements": int(np.sum(probabilities.argmax(1) != reference.argmax(1))),
         "tflite_test_max_abs_difference": float(np.abs(probabilities - reference).max()),
     }
