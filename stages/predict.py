@@ -16,7 +16,6 @@ line, in the order given: the answer, or {"path", "error"}.
 import argparse
 import json
 import os
-import stat
 import sys
 import warnings
 from pathlib import Path
@@ -34,48 +33,6 @@ def shown(path: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def file_kind(mode: int) -> str | None:
-    """What a path is when it is not a regular file, in words; None for a regular file."""
-    for test, kind in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
-def open_regular(path: str):
-    """Open `path` for reading if it is a regular file (without ever blocking on a FIFO); else UserError
-    saying what it is."""
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        raise cli.UserError("a broken symbolic link" if os.path.islink(path) else "not found") from None
-    except OSError as exc:
-        raise cli.UserError(f"cannot read it ({exc.strerror.lower()})") from None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except IsADirectoryError:
-        raise cli.UserError("not a regular file but a folder") from None
-    except PermissionError:
-        raise cli.UserError("cannot read it (permission denied)") from None
-    except OSError as exc:  # a socket cannot be opened; ENXIO, EACCES...
-        kind = file_kind(os.stat(path).st_mode)
-        raise cli.UserError(
-            f"not a regular file but {kind}" if kind else f"cannot read it ({exc.strerror.lower()})"
-        ) from None
-    kind = file_kind(os.fstat(fd).st_mode)  # the file actually opened, not what the name pointed to before
-    if kind:
-        os.close(fd)
-        raise cli.UserError(f"not a regular file but {kind}")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
 def read_picture(path: str) -> np.ndarray:
     """Open `path` and return its 28x28 MNIST version; UserError (without the name) if that is impossible."""
     from PIL import Image
@@ -83,7 +40,8 @@ def read_picture(path: str) -> np.ndarray:
     from stages.lib.digit_image import MAX_PIXELS, to_mnist
 
     too_big = f"too big: more than {MAX_PIXELS / 1e6:.0f} megapixels (scale it down first)"
-    with open_regular(path) as file, warnings.catch_warnings():
+    # only a regular file is opened (cli's one way: a FIFO, /dev/zero or a directory ends at once, said as such)
+    with cli.open_regular(path, named=False) as file, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is the lower limit
         try:
             with Image.open(file) as image:
@@ -206,8 +164,9 @@ def main(argv=None) -> None:
                 save_input(save_dir, path, pictures[i], taken)
             records.append(None)
         except cli.UserError as exc:
-            records.append({"path": shown(path), "error": str(exc)})
-            print(f"error: {shown(path)}: {exc}", file=sys.stderr)
+            error = shown(str(exc))  # one line, also when it quotes a name (a broken link's target)
+            records.append({"path": shown(path), "error": error})
+            print(f"error: {shown(path)}: {error}", file=sys.stderr)
     unsure_below = 0.0
     if pictures:
         probabilities = load_model(args.saved_model)(np.stack(list(pictures.values())))

@@ -62,6 +62,15 @@ def test_only_a_regular_file_is_opened_and_the_others_are_named(tmp_path, kind, 
     del keep
 
 
+def test_the_caller_may_name_the_path_itself(tmp_path):
+    """named=False: the reason alone, then the hint (predict prints each name itself, escaped)."""
+    os.mkfifo(tmp_path / "fifo")
+    for path, words in ((tmp_path / "fifo", "a FIFO (named pipe), not a regular file"), (tmp_path / "x", "not found")):
+        with pytest.raises(cli.UserError) as caught:
+            cli.open_regular(path, "hint", named=False)
+        assert str(caught.value) == f"{words}; hint"
+
+
 def test_a_link_to_a_regular_file_is_read(tmp_path):
     (tmp_path / "real").write_bytes(b"data")
     (tmp_path / "link").symlink_to("real")  # DVC's symlink cache type

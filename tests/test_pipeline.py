@@ -238,13 +238,15 @@ def test_checkpoint(pipeline):
 def test_metrics_contract(pipeline):
     repo, _, _ = pipeline
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert set(metrics) == {"test", "val"}
+    assert {split: list(values) for split, values in metrics.items()} == {
+        "test": ["accuracy", "loss", "macro_f1", "errors"],
+        "val": ["accuracy", "errors"],  # validation's loss is in reports/train; fewer keys keep views narrow
+    }
     for split, values in metrics.items():
-        assert set(values) == {"accuracy", "loss", "macro_f1", "errors"}, split
         for name, value in values.items():
             assert isinstance(value, (int, float)) and not isinstance(value, bool), (split, name)
-        assert 0.0 <= values["accuracy"] <= 1.0 and 0.0 <= values["macro_f1"] <= 1.0
-        assert values["loss"] >= 0 and isinstance(values["errors"], int)
+        assert 0.0 <= values["accuracy"] <= 1.0 and isinstance(values["errors"], int)
+    assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0 and metrics["test"]["loss"] >= 0
     assert metrics["test"]["errors"] == round((1 - metrics["test"]["accuracy"]) * N_TEST)
     assert metrics["val"]["errors"] == round((1 - metrics["val"]["accuracy"]) * VAL_SIZE)
     assert metrics["test"]["accuracy"] >= 0.9  # the synthetic classes are easy

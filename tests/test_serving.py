@@ -504,7 +504,8 @@ def test_a_huge_picture_is_refused_before_decoding(exported_with_tflite, tmp_pat
 
 
 def test_only_regular_files_are_opened(exported_with_tflite, tmp_path):
-    """A FIFO, a socket, a folder, /dev/zero, a broken and a looping link: one line each saying what it is."""
+    """A FIFO, a socket, a directory, /dev/zero, a broken and a looping link: one line each saying what it is,
+    in stages/lib/cli.py's words (the broken link's target, which holds a newline, escaped)."""
     import socket
 
     fifo, sock, loop, broken = tmp_path / "fifo", tmp_path / "s.sock", tmp_path / "loop", tmp_path / "broken"
@@ -512,7 +513,7 @@ def test_only_regular_files_are_opened(exported_with_tflite, tmp_path):
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(sock))
     loop.symlink_to(loop)
-    broken.symlink_to(tmp_path / "nowhere")
+    broken.symlink_to("no\nwhere")
     try:
         returncode, rss, errors = _limited_predict(
             exported_with_tflite, fifo, sock, tmp_path, "/dev/zero", broken, loop
@@ -521,10 +522,10 @@ def test_only_regular_files_are_opened(exported_with_tflite, tmp_path):
         server.close()
     assert returncode == 1 and rss < 1.5e9
     assert errors == [
-        f"error: {fifo}: not a regular file but a FIFO (named pipe)",
-        f"error: {sock}: not a regular file but a socket",
-        f"error: {tmp_path}: not a regular file but a folder",
-        "error: /dev/zero: not a regular file but a character device",
-        f"error: {broken}: a broken symbolic link",
-        f"error: {loop}: cannot read it (too many levels of symbolic links)",
+        f"error: {fifo}: a FIFO (named pipe), not a regular file",
+        f"error: {sock}: a socket, not a regular file",
+        f"error: {tmp_path}: a directory, not a regular file",
+        "error: /dev/zero: a character device, not a regular file",
+        f"error: {broken}: a broken symbolic link (to no\\nwhere), not a regular file",
+        f"error: {loop}: a symbolic link loop, not a regular file",
     ]

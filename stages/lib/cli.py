@@ -57,26 +57,31 @@ def describe_path(path: str | Path) -> str:
     return "not a regular file"
 
 
-def _not_regular(path, hint: str) -> "UserError":
+def _refused(path, reason: str, hint: str, named: bool) -> "UserError":
+    return UserError((f"{path}: " if named else "") + reason + (f"; {hint}" if hint else ""))
+
+
+def _not_regular(path, hint: str, named: bool = True) -> "UserError":
     found = describe_path(path)
     if found not in ("not found", "not a regular file") and not found.startswith("cannot"):
         found += ", not a regular file"
-    return UserError(f"{path}: {found}" + (f"; {hint}" if hint else ""))
+    return _refused(path, found, hint, named)
 
 
-def open_regular(path: str | Path, hint: str = ""):
+def open_regular(path: str | Path, hint: str = "", named: bool = True):
     """Open `path` for binary reading if it is a regular file (links followed); else a UserError
-    saying what it is (then `hint`). Opened non-blocking and checked on the open descriptor, so
-    a FIFO, a socket or a device (swapped in at any moment) cannot make it hang or read forever."""
+    saying what it is (then `hint`), after `path: ` unless `named` is False (for a caller that names
+    the path itself). Opened non-blocking and checked on the open descriptor, so a FIFO, a socket or
+    a device (swapped in at any moment) cannot make it hang or read forever."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:  # missing, a link loop, a socket (ENXIO), no permission...
         if describe_path(path) != "a regular file":
-            raise _not_regular(path, hint) from None
-        raise UserError(f"{path}: cannot open ({exc.strerror})") from None
+            raise _not_regular(path, hint, named) from None
+        raise _refused(path, f"cannot open ({exc.strerror})", "", named) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _not_regular(path, hint)
+            raise _not_regular(path, hint, named)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

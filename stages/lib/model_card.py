@@ -38,6 +38,8 @@ PARAMS = (
     "train.seed",
 )
 CONFUSIONS = 8  # most frequent (true, predicted) pairs listed
+HEADLINE = ("accuracy", "loss", "macro_f1", "errors")  # the headline table's metric columns
+NOT_KEPT = "—"  # the cell of a metric metrics.json does not hold for that split (validation's loss and macro F1)
 
 NOT_FOR = """\
 - **Inputs unlike MNIST digits.** It was trained on 28×28 grey-scale pictures of one handwritten
@@ -119,13 +121,13 @@ def render(
     ]
     for name, m in (("test", test), ("val", val)):
         images = meta.get("splits", {}).get(name, {}).get("count", "?")
-        lines.append(
-            f"| {name} | {_value(m['accuracy'])} | {_value(m['loss'])} | {_value(m['macro_f1'])} | "
-            f"{_value(m['errors'])} | {images} |"
-        )
+        cells = " | ".join(_value(m[key]) if key in m else NOT_KEPT for key in HEADLINE)
+        lines.append(f"| {name} | {cells} | {images} |")
     lines += [
         "",
-        f"Test accuracy {test['accuracy']:.2%} ({test['errors']} errors). Numbers as in `metrics.json`.",
+        f"Test accuracy {test['accuracy']:.2%} ({test['errors']} errors). Numbers as in `metrics.json`; for "
+        f"validation it keeps accuracy and errors only ({NOT_KEPT} above; its loss per epoch is in the training "
+        "curves).",
         "",
         "## Per class (test)",
         "",
