@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from stages.lib import cli
-from conftest import REPO
 
 
 @pytest.mark.parametrize(

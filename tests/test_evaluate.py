@@ -7,7 +7,9 @@ import json
 import math
 
 import numpy as np
+import pytest
 from conftest import run
+from sklearn import metrics as sk
 
 from stages import evaluate
 
@@ -61,3 +63,26 @@ def test_dvc_metrics_show_of_that_file_fits_120_columns(tmp_path):
     lines = shown.splitlines()
     assert len(lines) == 2 and max(map(len, lines)) <= WIDTH, "\n" + shown
     assert lines[0].split() == ["Path", *(f"{s}.{k}" for s, keys in evaluate.KEPT.items() for k in sorted(keys))]
+
+
+@pytest.mark.parametrize("case", ["random", "a-digit-never-predicted-and-one-absent", "all-right"])
+def test_confusion_and_class_scores_match_scikit_learn(case):
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.7, labels, rng.integers(0, 10, 500))
+    if case == "a-digit-never-predicted-and-one-absent":
+        labels = np.where(labels == 9, 8, labels)  # no image of a 9
+        predicted = np.where(predicted == 3, 4, predicted)  # 3 never predicted
+    if case == "all-right":
+        predicted = labels.copy()
+
+    confusion = evaluate.confusion_matrix(labels, predicted)
+    np.testing.assert_array_equal(confusion, sk.confusion_matrix(labels, predicted, labels=range(10)))
+    ours = evaluate.class_scores(confusion)
+    theirs = sk.precision_recall_fscore_support(labels, predicted, labels=range(10), zero_division=0)
+    for mine, reference in zip(ours, theirs):
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=1e-12)
+    logits = np.eye(10)[predicted] * 5.0
+    expected_f1 = sk.f1_score(labels, predicted, labels=range(10), average="macro", zero_division=0)
+    assert evaluate.split_metrics(logits, labels)["macro_f1"] == round(expected_f1, 6)
+    assert evaluate.per_class(confusion)["3"]["support"] == int(np.sum(labels == 3))
