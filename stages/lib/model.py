@@ -67,7 +67,7 @@ class MLP(tf.Module):
         """uint8 images [B, 28, 28] or [B, 784] -> this model's float inputs [B, 784]."""
         return to_model_input(images, deskew=self.deskew)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE], tf.uint8)], autograph=False)
     def logits_for_images(self, images):
         """Inference logits for uint8 images [B, 784], through the shared preprocessing."""
         return self(self.inputs(images))

@@ -18,7 +18,7 @@ class ServingModule(tf.Module):
         super().__init__(name="serving")
         self.mlp = mlp
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")], autograph=False)
     def serve(self, images):
         # A loaded signature does not enforce its input shape; without this, any multiple of 784 pixels passes.
         images = tf.ensure_shape(images, [None, 28, 28])
