@@ -60,8 +60,7 @@ def main(argv=None) -> None:
         )
     splits = prepare_splits(data, cfg.val_size, cfg.seed)
 
-    cli.import_tensorflow()  # slow: only once the inputs are known to be good
-    from stages.lib import records
+    from stages.lib import records  # writes TFRecords without TensorFlow
 
     with atomic.output_path(args.out, is_dir=True) as tmp:
         meta = {

@@ -1,6 +1,7 @@
 """TFRecord shards and meta.json: exact round trip, byte-identical rewrites, damage detected."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,50 +70,49 @@ def test_writing_twice_gives_identical_bytes(tmp_path, compression):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
-class _MapOrderAdverseTF:
-    """`tensorflow` as records.py sees it, except that a tf.train.Example serialized without
-    `deterministic=True` writes its feature map label-first, as the upb protobuf runtime does in
-    about one process in four (its map iteration order is seeded per process)."""
-
-    def __init__(self, tf):
-        self._tf = tf
-        real_example = tf.train.Example
-
-        class Example:
-            def __init__(self, **kwargs):
-                self._message = real_example(**kwargs)
-
-            def SerializeToString(self, deterministic=False, **kwargs):
-                if deterministic:
-                    return self._message.SerializeToString(deterministic=True, **kwargs)
-                features = self._message.features.feature
-                parts = []
-                for key in sorted(features, reverse=True):  # label before image
-                    single = real_example()
-                    single.features.feature[key].CopyFrom(features[key])
-                    parts.append(single.SerializeToString(deterministic=True))
-                return b"".join(parts)  # the same message (fields merge on parsing), other bytes
-
-        self.train = type("train", (), {"Example": Example, "__getattr__": lambda _, name: getattr(tf.train, name)})()
-
-    def __getattr__(self, name):
-        return getattr(self._tf, name)
-
-
-def test_serialize_does_not_depend_on_the_map_order(tf, monkeypatch):
-    """Shards must be byte-identical across processes. Regression: serialize() used to call
-    SerializeToString() without deterministic=True, so about one process in four wrote 'label' before
-    'image' (upb seeds its map order per process) and `dvc repro --force prepare` changed data/prepared;
-    fixed in 64bee0d. The emulated runtime below makes the bad order certain instead of 1 in 4."""
+@pytest.mark.parametrize("label", [0, 7, 9, 61, 127, 128, 300, 2**40, -1])
+def test_examples_are_tensorflows_own_bytes(tf, label):
+    """records writes Examples without TensorFlow; they must be the bytes tf.train.Example serializes
+    deterministically (so also byte-identical across processes, whatever the protobuf runtime's map order)."""
     from stages.lib import records
 
-    image, label = make_split(1)[0][0], 7
-    canonical = tf.train.Example.FromString(records.serialize(image, label)).SerializeToString(deterministic=True)
-    monkeypatch.setattr(records, "tf", _MapOrderAdverseTF(tf))
-    produced = records.serialize(image, label)
-    parsed = tf.train.Example.FromString(produced)
-    assert parsed.features.feature["label"].int64_list.value == [7]  # the emulation keeps the content
-    assert produced == canonical
+    image = make_split(1)[0][0]
+    expected = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString(deterministic=True)
+    assert records.example(image.tobytes(), label) == expected
+    assert records.serialize(image, label) == expected
+    assert records.serialize(np.zeros(5, np.uint8), label) == records.example(bytes(5), label)  # another size
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_shards_are_what_tensorflows_writer_writes(tmp_path, tf, compression):
+    """The framing (length, masked CRC-32C) byte for byte as tf.io.TFRecordWriter writes it; gzip shards
+    decompress to the same bytes, and TensorFlow's reader (which checks the CRCs) reads them back."""
+    import zlib
+
+    from stages.lib import records
+
+    images, labels = make_split(30, seed=3)
+    entry = records.write_split(tmp_path, "train", images, labels, 30, compression)
+    ours = (tmp_path / entry["shards"][0]["file"]).read_bytes()
+    options = tf.io.TFRecordOptions(compression_type={"none": "", "gzip": "GZIP"}[compression])
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord"), options) as writer:
+        for image, label in zip(images, labels):
+            writer.write(records.serialize(image, label))
+    theirs = (tmp_path / "tf.tfrecord").read_bytes()
+    if compression == "gzip":
+        ours, theirs = zlib.decompress(ours, 16 + zlib.MAX_WBITS), zlib.decompress(theirs, 16 + zlib.MAX_WBITS)
+    assert ours == theirs
+    path = str(tmp_path / entry["shards"][0]["file"])
+    read = list(tf.data.TFRecordDataset(path, compression_type=options.compression_type).as_numpy_iterator())
+    assert read == [records.serialize(i, lab) for i, lab in zip(images, labels)]
+    assert entry["shards"][0]["sha256"] == records.sha256_file(Path(path))
 
 
 def test_parse_batch_decodes_the_schema(tf):

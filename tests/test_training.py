@@ -299,7 +299,7 @@ def test_run_prepares_inputs_once_as_the_step_would(data):
     p = make_params(**{**TINY_TRAIN, "model__deskew": True, "train__jit_compile": False})
     images, labels = data[0][0][:32], data[0][1][:32]
     model = MLP(p.model.hidden_units, seed=p.train.seed, deskew=True)
-    inputs = training.model_inputs(model, images, batch_size=10)
+    inputs = training.model_inputs(training.input_function(model), images, batch_size=10)
     assert inputs.dtype == np.float32 and inputs.shape == (32, 784)
     np.testing.assert_allclose(inputs, model.inputs(images).numpy(), rtol=0, atol=1e-5)  # batch size: last bits
     seed = tf.constant([0, 1], tf.int64)

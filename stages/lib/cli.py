@@ -228,6 +228,8 @@ def run_process(main) -> None:
         if isinstance(exc.code, str):  # sys.exit("message"), as argparse does not but others may
             print(exc.code, file=sys.stderr)
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    if sys.getprofile() is not None or sys.gettrace() is not None:  # cProfile, coverage, a debugger: let it report
+        sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
