@@ -7,8 +7,8 @@ Signature serving_default(images: uint8[None, 28, 28]) -> {probabilities: float3
 class_ids: int64[None]}. fingerprint.pb's UUID is derived from the content, so the same checkpoint
 gives the same bytes. Beside it, `model.tflite` (the same signature for the LiteRT interpreter, which
 predict runs without TensorFlow) and `predict.json` (the unsure threshold, chosen on the validation
-split). The saved copy is reloaded in a fresh Python process and must reproduce evaluate's test
-accuracy exactly, and the TFLite copy must give the SavedModel's class on every test image, or the
+split). The saved copy is reloaded in a fresh Python process (started first, so that its TensorFlow
+start-up overlaps this process's work) and must reproduce evaluate's test accuracy exactly, and the TFLite copy must give the SavedModel's class on every test image, or the
 stage fails and nothing is written.
 """
 
