@@ -3,6 +3,7 @@
 through XLA, alternating. Run by hand (results in benchmarks/RESULTS.md):
 
     python -m benchmarks.bench_matmul_dtypes --hidden 700 500 --rounds 3
+    python -m benchmarks.bench_matmul_dtypes --hidden 800 800 --batch 256 --rounds 3   # the defaults' shapes
 """
 
 import argparse
@@ -14,22 +15,24 @@ from benchmarks import timing  # noqa: E402
 from benchmarks.bench_training import matmul_part  # noqa: E402
 from stages.lib import cli  # noqa: E402
 
-STEPS, BATCH = 390, 128
+TRAINING_IMAGES = 50_000
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="float32 vs bfloat16 matmuls of one epoch")
     parser.add_argument("--hidden", type=int, nargs="+", default=[700, 500])
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    steps = TRAINING_IMAGES // args.batch
     cli.import_tensorflow()
     contenders = {
-        f"{dtype}, {engine}": timing.epoch_loop(matmul_part(args.hidden, BATCH, dtype), STEPS, jit_compile=jit)
+        f"{dtype}, {engine}": timing.epoch_loop(matmul_part(args.hidden, args.batch, dtype), steps, jit_compile=jit)
         for dtype in ("float32", "bfloat16")
         for engine, jit in (("TF (oneDNN)", False), ("XLA", True))
     }
     times = timing.alternate(contenders, args.rounds)
-    print(f"{STEPS} steps' matmuls at batch {BATCH}, hidden {args.hidden}, median of {args.rounds} rounds")
+    print(f"{steps} steps' matmuls at batch {args.batch}, hidden {args.hidden}, median of {args.rounds} rounds")
     timing.print_medians(times, "s/epoch")
 
 
