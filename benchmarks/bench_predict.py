@@ -59,6 +59,26 @@ def one_digit(folder: Path) -> Path:
     return path
 
 
+def flag_on_splits(model: str, data: str) -> None:
+    """What the unsure threshold flags on the validation split (where export chose it) and the test split."""
+    from stages.lib import cli, lite
+    from stages.lib import records as prepared
+
+    cli.import_tensorflow()  # the shards are read with tf.data
+    threshold = lite.settings(model)["unsure_below"]
+    runner = lite.LiteModel(Path(model) / lite.TFLITE_NAME)
+    for split in ("val", "test"):
+        images, labels = prepared.read_split(data, split)
+        probabilities = runner.probabilities(images)
+        flagged, right = probabilities.max(1) < threshold, probabilities.argmax(1) == labels
+        print(
+            f"{split}: threshold {threshold}, {int((~right).sum())} errors, "
+            f"{flagged[~right].mean():.2%} of them flagged "
+            f"({int(flagged[~right].sum())}); {flagged[right].mean():.2%} of correct answers flagged "
+            f"({int(flagged[right].sum())} of {int(right.sum())}); unflagged answers {right[~flagged].mean():.2%} right"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_predict",
@@ -67,7 +87,9 @@ def main() -> None:
     )
     parser.add_argument("model", help="the exported model folder")
     parser.add_argument("--rounds", type=int, default=7, help="timed whole-process runs")
+    parser.add_argument("--data", default="data/prepared", help="prepared splits to show the unsure flag on")
     args = parser.parse_args()
+    flag_on_splits(args.model, args.data)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         seven = one_digit(folder)

@@ -8,8 +8,9 @@ class_ids: int64[None]}. fingerprint.pb's UUID is derived from the content, so t
 gives the same bytes. Beside it, `model.tflite` (the same signature for the LiteRT interpreter, which
 predict runs without TensorFlow) and `predict.json` (the unsure threshold, chosen on the validation
 split). The saved copy is reloaded in a fresh Python process (started first, so that its TensorFlow
-start-up overlaps this process's work) and must reproduce evaluate's test accuracy exactly, and the TFLite copy must give the SavedModel's class on every test image, or the
-stage fails and nothing is written.
+start-up overlaps this process's work) and must reproduce evaluate's test accuracy exactly, and the
+TFLite copy must give the SavedModel's class on every test image, or the stage fails and nothing is
+written.
 """
 
 import argparse
