@@ -529,3 +529,37 @@ def test_only_regular_files_are_opened(exported_with_tflite, tmp_path):
         f"error: {broken}: a broken symbolic link (to no\\nwhere), not a regular file",
         f"error: {loop}: a symbolic link loop, not a regular file",
     ]
+
+
+# --- export's early-started scorer -------------------------------------------------------------------------
+
+
+def _scorers_of_this_process() -> list[int]:
+    """Live child processes of this one running stages.score_saved_model (zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"stages.score_saved_model" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_export_that_fails_leaves_no_scorer_running(tmp_path):
+    """export starts its fresh-process scorer before it restores the checkpoint; when the restore fails,
+    the scorer must be gone with the error, not left waiting on its stdin."""
+    from stages import export
+    from stages.lib import cli
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.99}}))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--checkpoint", str(tmp_path / "no-checkpoint")]
+    argv += ["--data", str(tmp_path / "no-data"), "--metrics", str(tmp_path / "metrics.json")]
+    argv += ["--out", str(tmp_path / "model"), "--report", str(tmp_path / "export.json")]
+    with pytest.raises(cli.UserError, match="no-checkpoint"):
+        export.main(argv)
+    assert _scorers_of_this_process() == []
+    assert not (tmp_path / "model").exists() and not (tmp_path / "export.json").exists()
