@@ -86,8 +86,9 @@ def _export(args, expected: float, scorer: FreshScorer) -> tuple[dict, int]:
     from stages.lib import model as mlp
 
     module = serving.ServingModule(mlp.restore(args.checkpoint))
-    # Check the test shards here (sha256 only; the fresh process parses them), so damage is reported as such.
-    records.verified_shards(args.data, "test", records.read_meta(args.data))
+    # Read (and so verify) both splits once, before anything is written: damage is reported as such. The
+    # TFLite checks below use them; the fresh process reads the test split itself.
+    splits = {name: records.read_split(args.data, name) for name in ("test", "val")}
     with atomic.output_path(args.out, is_dir=True) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         serving.stable_fingerprint(tmp)
@@ -101,7 +102,7 @@ def _export(args, expected: float, scorer: FreshScorer) -> tuple[dict, int]:
                 f"the SavedModel scores {scored['accuracy']} on the test split, "
                 f"evaluate reported {expected}; nothing exported"
             )
-        found = {**scored, **serving.check_tflite(tmp / lite.TFLITE_NAME, args.data, reference)}
+        found = {**scored, **serving.check_tflite(tmp / lite.TFLITE_NAME, splits, reference)}
         if found["tflite_test_disagreements"]:
             raise cli.UserError(
                 f"the TFLite copy gives another class than the SavedModel on {found['tflite_test_disagreements']} "

@@ -91,21 +91,22 @@ def confidence_threshold(confidence: np.ndarray, correct: np.ndarray, max_flagge
     return round(float(np.quantile(confidence[correct], max_flagged_correct)), 4) if correct.any() else 0.0
 
 
-def check_tflite(tflite: str, data: str, reference: np.ndarray) -> dict:
+def check_tflite(tflite: str, splits: dict, reference: np.ndarray) -> dict:
     """The TFLite copy (what predict runs) against the SavedModel's probabilities `reference` on the test
     split: its accuracy, the test images it classes differently, the largest probability difference; and
-    the unsure threshold, chosen on the validation split with the TFLite copy."""
+    the unsure threshold, chosen on the validation split with the TFLite copy. `splits`: {"test", "val"}
+    -> (uint8 images, labels), as records.read_split gives them."""
     from stages.lib import lite
 
     runner = lite.LiteModel(tflite)
-    images, labels = records.read_split(data, "test")
+    images, labels = splits["test"]
     probabilities = runner.probabilities(images)
     found = {
         "tflite_test_accuracy": scores(probabilities, labels)["accuracy"],
         "tflite_test_disagreements": int(np.sum(probabilities.argmax(1) != reference.argmax(1))),
         "tflite_test_max_abs_difference": float(np.abs(probabilities - reference).max()),
     }
-    images, labels = records.read_split(data, "val")
+    images, labels = splits["val"]
     probabilities = runner.probabilities(images)
     confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
     threshold = confidence_threshold(confidence, correct)
