@@ -1476,10 +1476,17 @@ def _tf_out_of_memory(monkeypatch):
 
 
 def _shard_read_fails(monkeypatch, repo):
-    from stages.lib import records
+    """Opening the first validation shard fails with EIO, as on a failing disk."""
+    from stages.lib import cli
 
-    shard = _shards(repo, "val")[0]
-    monkeypatch.setattr(records, "sha256_file", _raise(OSError(errno.EIO, os.strerror(errno.EIO), str(shard))))
+    shard, real_open = _shards(repo, "val")[0], cli.open_regular
+
+    def open_regular(path, *args, **kwargs):
+        if Path(path).resolve() == shard.resolve():
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(shard))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "open_regular", open_regular)
 
 
 def _memory_error(monkeypatch):
