@@ -142,12 +142,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cfg = params.load(args.params)  # a bad file is reported early by every stage; the model card shows the values
 
+    from stages.lib import records
+
+    splits = {name: records.read_split(args.data, name) for name in ("val", "test")}
     cli.import_tensorflow()
-    from stages.lib import figures, records
+    from stages.lib import figures
     from stages.lib import model as mlp
 
     model = mlp.restore(args.checkpoint)
-    splits = {name: records.read_split(args.data, name) for name in ("val", "test")}
     logits = {name: mlp.predict_logits(model, images) for name, (images, _) in splits.items()}
     scores = {name: split_metrics(logits[name], splits[name][1]) for name in ("test", "val")}
     metrics = metrics_json(scores)

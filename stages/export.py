@@ -81,14 +81,16 @@ def directory_bytes(folder: Path) -> int:
 
 def _export(args, expected: float, scorer: FreshScorer) -> tuple[dict, int]:
     """Save, convert and check the model inside the atomic output folder; (the checks' findings, its size)."""
-    tf = cli.import_tensorflow()
-    from stages.lib import lite, records, serving
-    from stages.lib import model as mlp
+    from stages.lib import records
 
-    module = serving.ServingModule(mlp.restore(args.checkpoint))
     # Read (and so verify) both splits once, before anything is written: damage is reported as such. The
     # TFLite checks below use them; the fresh process reads the test split itself.
     splits = {name: records.read_split(args.data, name) for name in ("test", "val")}
+    tf = cli.import_tensorflow()
+    from stages.lib import lite, serving
+    from stages.lib import model as mlp
+
+    module = serving.ServingModule(mlp.restore(args.checkpoint))
     with atomic.output_path(args.out, is_dir=True) as tmp:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
         serving.stable_fingerprint(tmp)

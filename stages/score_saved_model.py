@@ -27,10 +27,12 @@ def main(argv=None) -> None:
     parser.add_argument("data", help="the prepared TFRecords (prepare's output)")
     parser.add_argument("--probabilities", default=None, help="where to save the test probabilities (none: skip)")
     args = parser.parse_args(argv)
-    cli.import_tensorflow()
-    from stages.lib import records, serving
+    from stages.lib import records
 
     images, labels = records.read_split(args.data, "test")
+    cli.import_tensorflow()
+    from stages.lib import serving
+
     saved_model = args.saved_model
     if saved_model == "-":
         saved_model = sys.stdin.readline().strip()
