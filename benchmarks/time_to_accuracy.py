@@ -54,7 +54,7 @@ def child_stage(params_path: str, data: str, overrides: list[str], seed: int) ->
     tf = cli.import_tensorflow()
     from stages.lib import records, training
 
-    tf.keras.utils.set_random_seed(p.train.seed)
+    tf.random.set_seed(p.train.seed)  # as stages/train.py: tf.keras.utils.set_random_seed would import Keras (2 s)
     tf.config.experimental.enable_op_determinism()
     train, val = records.read_split(data, "train"), records.read_split(data, "val")
     begin = time.time()
