@@ -809,3 +809,29 @@ def test_views_fit_120_columns_after_two_experiments_and_a_queued_sweep(exp, mon
     assert git(repo, "status", "--porcelain").stdout == ""
     assert "up to date" in run(["dvc", "status"], repo).stdout
     assert json.loads((repo / "reports/metrics.json").read_text()) == exp.baseline
+
+
+def test_exp_run_up_to_evaluate_leaves_export_for_later(exp):
+    """docs/experiments.md's quicker experiment: `dvc exp run evaluate` trains and evaluates, skips export,
+    and is compared as usual; `dvc status` shows export as changed until a `dvc repro` runs it alone."""
+    repo = exp.repo
+    done = run(["dvc", "exp", "run", "evaluate", "-S", "train.seed=7"], repo)
+    output = done.stdout + done.stderr
+    assert "Running stage 'train'" in output and "Running stage 'evaluate'" in output, output
+    assert "Running stage 'export'" not in output, output
+    name = re.search(r"Ran experiment\(s\): (\S+)", output).group(1)
+    try:
+        status = run(["dvc", "status"], repo).stdout
+        assert status.startswith("export:") and "artifacts/checkpoint" in status, status
+        shown = run(EXP_SHOW, repo).stdout
+        assert name in shown, shown
+        metrics = json.loads((repo / "reports/metrics.json").read_text())
+        assert metrics != exp.baseline  # another seed, another model, evaluated
+        rerun = run(["dvc", "repro"], repo)
+        assert "Running stage 'export'" in rerun.stdout and "Running stage 'train'" not in rerun.stdout, rerun.stdout
+        assert "up to date" in run(["dvc", "status"], repo).stdout
+    finally:
+        run(["dvc", "exp", "remove", name], repo)
+        for argv in RESTORE:
+            run(argv, repo)
+    assert git(repo, "status", "--porcelain").stdout == ""
