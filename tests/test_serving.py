@@ -550,14 +550,23 @@ def _scorers_of_this_process() -> list[int]:
 
 def test_export_that_fails_leaves_no_scorer_running(tmp_path):
     """export starts its fresh-process scorer before it restores the checkpoint; when the restore fails,
-    the scorer must be gone with the error, not left waiting on its stdin."""
+    the scorer (which has read the test split by then, or soon) must be gone with the error, not left
+    waiting on its stdin."""
     from stages import export
-    from stages.lib import cli
+    from stages.lib import cli, records
 
+    data = tmp_path / "data"
+    data.mkdir()
+    splits = {
+        name: records.write_split(data, name, *make_split(20, seed=i), 10, "none")
+        for i, name in enumerate(["val", "test"])
+    }
+    meta = {"schema_version": records.SCHEMA_VERSION, "compression": "none", "splits": splits}
+    (data / records.META_FILE).write_text(json.dumps(meta))
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.99}}))
     argv = ["--params", str(tmp_path / "params.yaml"), "--checkpoint", str(tmp_path / "no-checkpoint")]
-    argv += ["--data", str(tmp_path / "no-data"), "--metrics", str(tmp_path / "metrics.json")]
+    argv += ["--data", str(data), "--metrics", str(tmp_path / "metrics.json")]
     argv += ["--out", str(tmp_path / "model"), "--report", str(tmp_path / "export.json")]
     with pytest.raises(cli.UserError, match="no-checkpoint"):
         export.main(argv)
