@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from stages.lib import atomic, cli, params
+from stages.lib import atomic, cli, params, records
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -141,8 +141,6 @@ def main(argv=None) -> None:
     parser.add_argument("--curves", default="reports/training_curves.png", help="train's picture, linked from the card")
     args = parser.parse_args(argv)
     cfg = params.load(args.params)  # a bad file is reported early by every stage; the model card shows the values
-
-    from stages.lib import records
 
     splits = {name: records.read_split(args.data, name) for name in ("val", "test")}
     cli.import_tensorflow()

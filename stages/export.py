@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.lib import atomic, cli, params
+from stages.lib import atomic, cli, params, records
 
 SIGNATURE = "serving_default(images: uint8[None, 28, 28]) -> {probabilities: float32[None, 10], class_ids: int64[None]}"
 
@@ -81,8 +81,6 @@ def directory_bytes(folder: Path) -> int:
 
 def _export(args, expected: float, scorer: FreshScorer) -> tuple[dict, int]:
     """Save, convert and check the model inside the atomic output folder; (the checks' findings, its size)."""
-    from stages.lib import records
-
     # Read (and so verify) both splits once, before anything is written: damage is reported as such. The
     # TFLite checks below use them; the fresh process reads the test split itself.
     splits = {name: records.read_split(args.data, name) for name in ("test", "val")}

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from stages.lib import cli
+from stages.lib import cli, records
 
 
 def main(argv=None) -> None:
@@ -27,8 +27,6 @@ def main(argv=None) -> None:
     parser.add_argument("data", help="the prepared TFRecords (prepare's output)")
     parser.add_argument("--probabilities", default=None, help="where to save the test probabilities (none: skip)")
     args = parser.parse_args(argv)
-    from stages.lib import records
-
     images, labels = records.read_split(args.data, "test")
     cli.import_tensorflow()
     from stages.lib import serving

@@ -8,7 +8,7 @@ import argparse
 import sys
 import time
 
-from stages.lib import atomic, cli, params
+from stages.lib import atomic, cli, params, records
 
 STARTED = time.perf_counter()  # phase timings go to the log only, never into an output
 
@@ -53,8 +53,6 @@ def main(argv=None) -> None:
     parser.add_argument("--curves", default="reports/training_curves.png", help="picture of the training curves")
     args = parser.parse_args(argv)
     p = params.load(args.params)
-    from stages.lib import records
-
     loaded = time.perf_counter()
     train_data = records.read_split(args.data, "train")  # no TensorFlow needed: damage shows at once
     val_data = records.read_split(args.data, "val")

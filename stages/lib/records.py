@@ -89,16 +89,20 @@ def tfrecord(data: bytes) -> bytes:
     return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
 
 
+# With labels 0..9 (one-byte varints) every Example of a 784-byte image has this length.
+EXAMPLE_BYTES = len(example(bytes(IMAGE_SIZE), 0))
+RECORD_BYTES = 12 + EXAMPLE_BYTES + 4  # TFRecord framing: length, its CRC, the Example, its CRC
+
+
 def parse_shard(data: bytes, count: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """The `count` examples of one shard's (uncompressed) bytes -> (uint8 images [count, 784], int64
     labels [count]), without TensorFlow. Only the layout `serialize` and `tfrecord` write is accepted:
     with labels 0..9 every record has the same length, so the shard is one [count, record] byte array
     whose framing, Example bytes around each image and CRCs are compared with what they must be."""
-    length = len(example(bytes(IMAGE_SIZE), 0))
-    framed = 12 + length + 4  # length, its CRC, the Example, its CRC
-    if len(data) != count * framed:
-        raise UserError(f"{where}: {len(data)} bytes do not hold {count} examples of {framed} bytes; {_FIX}")
-    rows = np.frombuffer(data, np.uint8).reshape(count, framed)
+    length = EXAMPLE_BYTES
+    if len(data) != count * RECORD_BYTES:
+        raise UserError(f"{where}: {len(data)} bytes do not hold {count} examples of {RECORD_BYTES} bytes; {_FIX}")
+    rows = np.frombuffer(data, np.uint8).reshape(count, RECORD_BYTES)
     labels = rows[:, 12 + length - 1].astype(np.int64)  # a label 0..9 is the Example's last byte
     start = 12 + len(_around_image(IMAGE_SIZE, 0)[0])  # where each image's bytes begin
     header = np.frombuffer(tfrecord(bytes(length))[:12], np.uint8)
@@ -251,7 +255,7 @@ def verified_shards(folder: str | Path, split: str, meta: dict):
 
 def _gunzip(data: bytes, count: int, path: Path) -> bytes:
     """A gzip shard's bytes, decompressed to at most what `count` examples take (a gzip bomb stops there)."""
-    limit = count * (16 + len(example(bytes(IMAGE_SIZE), 0)))
+    limit = count * RECORD_BYTES
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = inflate.decompress(data, limit + 1)
