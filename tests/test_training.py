@@ -311,6 +311,28 @@ def test_run_prepares_inputs_once_as_the_step_would(data):
     assert results[0] == pytest.approx(results[1], abs=1e-5)
 
 
+def test_packed_model_inputs_are_the_inputs_to_half_a_step_of_fixed_point(data):
+    """model_inputs(packed=True): one uint16 tensor that unpacks to the float inputs within half a step
+    of the fixed point (1 / 131070); no images give an empty tensor of the same kind."""
+    import tensorflow as tf
+
+    from stages.lib import training
+    from stages.lib.model import MLP
+    from stages.lib.preprocessing import PACKED_SCALE, unpack_inputs
+
+    model = MLP([8], seed=0, deskew=True)
+    prepare = training.input_function(model)
+    images = data[0][0][:25]
+    packed = training.model_inputs(prepare, images, batch_size=10, packed=True)
+    assert isinstance(packed, tf.Tensor) and packed.dtype == tf.uint16 and packed.shape == (25, 784)
+    exact = training.model_inputs(prepare, images, batch_size=10)
+    error = np.abs(unpack_inputs(packed).numpy() - exact.numpy()).max()
+    assert 0 < error <= 0.5 / PACKED_SCALE + 1e-7
+    for is_packed, dtype in ((True, tf.uint16), (False, tf.float32)):
+        empty = training.model_inputs(prepare, images[:0], packed=is_packed)
+        assert empty.dtype == dtype and empty.shape == (0, 784)
+
+
 def test_patience_stops_when_validation_stops_improving(data):
     """With a learning rate too small to move any prediction, validation accuracy never improves after
     epoch 1: patience 1 stops after epoch 2 and keeps epoch 1; patience 0 runs every epoch."""

@@ -3,6 +3,7 @@
 `run()` takes the data as arrays, so tests can inject tiny synthetic data.
 """
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 
@@ -15,13 +16,14 @@ from stages.lib.model import MLP, NUM_CLASSES, RNG_TF, RNG_XLA, predict_logits
 from stages.lib.preprocessing import INPUT_SIZE, SIDE, pack_inputs, unpack_inputs
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+def batches(images, labels, batch_size: int, seed: int) -> tf.data.Dataset:
     """Endless stream of shuffled full batches: each epoch a new seeded permutation, partial batch dropped.
 
-    Only indices go through shuffle/batch; the images stay in one in-memory tensor and are gathered
-    a batch at a time, which keeps tf.data's per-element work small.
+    `images`: uint8 images or `model_inputs` [N, 784], as a numpy array or a tensor. Only indices go
+    through shuffle/batch; the images stay in one in-memory tensor and are gathered a batch at a time,
+    which keeps tf.data's per-element work small.
     """
-    images, labels = tf.constant(images), tf.constant(labels)
+    images, labels = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
     return (
         tf.data.Dataset.range(len(labels))
         .shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
@@ -223,14 +225,16 @@ def input_function(model: MLP, jit_compile: bool = False):
     return tf.function(model.inputs, input_signature=spec, jit_compile=jit_compile, autograph=False)
 
 
-def model_inputs(prepare, images: np.ndarray, batch_size: int = 2500, packed: bool = False) -> np.ndarray:
+def model_inputs(prepare, images: np.ndarray, batch_size: int = 2500, packed: bool = False) -> tf.Tensor:
     """The model's float32 inputs [N, 784] for uint8 images [N, 784] (`prepare` = input_function(model),
-    in batches); with `packed`, as uint16 fixed point (`preprocessing.pack_inputs`), which the step unpacks."""
-    inputs = np.empty([len(images), INPUT_SIZE], np.uint16 if packed else np.float32)  # filled in place
-    for i in range(0, len(images), batch_size):
-        x = prepare(images[i : i + batch_size])
-        inputs[i : i + batch_size] = (pack_inputs(x) if packed else x).numpy()
-    return inputs
+    in batches), as one tensor; with `packed`, as uint16 fixed point (`preprocessing.pack_inputs`), which
+    the step unpacks. Built from TensorFlow's own tensors: one made by tf.constant from a numpy array
+    holds twice the array's memory (TensorFlow 2.21; 150 MB, not 75, for the packed training inputs)."""
+    encode = pack_inputs if packed else (lambda x: x)
+    parts = [encode(prepare(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    if not parts:
+        return tf.zeros([0, INPUT_SIZE], tf.uint16 if packed else tf.float32)
+    return tf.concat(parts, axis=0)
 
 
 def inference(model: MLP):
@@ -270,6 +274,18 @@ def _check_weights(variables, epoch: int) -> None:
             raise UserError(f"training diverged: non-finite values in {v.name} at epoch {epoch}; {_DIVERGED_HINT}")
 
 
+# glibc keeps freed memory in its free lists, counted in the process's resident memory until handed
+# back: deskewing 50,000 images (and its XLA compilation) leaves ~100 MB there, the first epoch's
+# compilations ~60 MB (benchmarks/RESULTS.md). Without glibc (no malloc_trim): nothing to do.
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def return_free_memory() -> None:
+    """Give the C heap's free pages back to the operating system (glibc's malloc_trim)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress=None, strategy=None) -> Result:
     """Train on `train` = (uint8 images [N, 784], labels), keep the best epoch by accuracy on `val`.
 
@@ -287,8 +303,8 @@ def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress
     prepare = input_function(model, train_cfg.jit_compile)  # one function (one compilation) for both splits
     inputs = model_inputs(prepare, train_images, packed=True) if model.deskew else train_images
     dataset = batches(inputs, train_labels, train_cfg.batch_size, train_cfg.seed)
-    del inputs  # the dataset holds its own copy
     val_inputs, val_labels = model_inputs(prepare, val[0]), val[1]
+    return_free_memory()  # what deskewing and its compilation left behind
     with strategy.scope():
         trainer = Trainer(model, train_cfg, train_cfg.batch_size, steps_per_epoch, dataset, strategy)
     model = trainer.eval_model
@@ -329,6 +345,8 @@ def run(train, val, model_cfg, train_cfg, on_epoch=lambda record: None, progress
             "seconds": time.perf_counter() - start,
         }
         result.history.append(record)
+        if epoch == 1:
+            return_free_memory()  # what the step's and the validation's compilations left behind
         if val_accuracy > result.best_val_accuracy:
             result.best_epoch, result.best_val_accuracy = epoch, val_accuracy
             for snapshot, v in zip(best, model.trainable_variables):
