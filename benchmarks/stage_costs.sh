@@ -21,9 +21,9 @@ measure() {  # name, command... : one table row
     local name=$1; shift
     /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/log" 2>&1 || { cat "$work/log"; exit 1; }
     read -r seconds kb <"$work/time"
-    printf "| %-36s | %7.1f s | %6.0f MB |\n" "$name" "$seconds" "$((kb / 1024))"
+    printf "| %-36s | %7.1f s | %6.0f MiB |\n" "$name" "$seconds" "$((kb / 1024))"  # /usr/bin/time: KiB
 }
-echo "| what | wall | peak RSS |"
+echo "| what | wall | peak RSS (MiB) |"
 echo "|---|---|---|"
 measure "dvc repro (fresh clone)" dvc repro
 measure "dvc repro (no-op, second run)" dvc repro
